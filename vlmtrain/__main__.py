@@ -1,0 +1,3 @@
+from vlmtrain.cli import app
+
+app()

@@ -1,0 +1,130 @@
+"""The ``vlmtrain`` command line (Typer): fit, preprocess, inspect-mask, families, version."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="Fine-tune vision-language models on exactly the tokens they sample. One YAML file describes a run; "
+    "key=value arguments override it (OmegaConf dot-list, e.g. training.learning_rate=1e-4 adapter.r=8).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML).")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="Dot-list overrides: key=value ...")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: str, overrides: list[str] | None) -> Any:
+    from vlmtrain.config import ConfigError, load_config
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, no traceback."""
+    from vlmtrain.collate import StaleRowError
+    from vlmtrain.config import ConfigError
+    from vlmtrain.data.examples import DataError
+    from vlmtrain.families.resolve import FamilyError
+    from vlmtrain.mask.boundaries import BoundaryError
+    from vlmtrain.mask.checks import EmptyMaskError
+
+    return ConfigError, DataError, FamilyError, BoundaryError, EmptyMaskError, StaleRowError
+
+
+@app.command()
+def fit(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    nproc_per_node: Annotated[int | None, typer.Option(help="Processes per node (re-launches via torchrun).")] = None,
+    nnodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="This node's rank.")] = None,
+    master_addr: Annotated[str | None, typer.Option(help="Rendezvous host (static).")] = None,
+    master_port: Annotated[int | None, typer.Option(help="Rendezvous port (static).")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="host:port for c10d rendezvous.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train (full, LoRA or QLoRA) on one device, or many through torchrun."""
+    from vlmtrain.launch import needs_launch, relaunch
+    from vlmtrain.log import setup_logging
+
+    flags = {"nproc_per_node": nproc_per_node, "nnodes": nnodes, "node_rank": node_rank,
+             "master_addr": master_addr, "master_port": master_port, "rdzv_endpoint": rdzv_endpoint}
+    overrides = [*(overrides or []), *(f"launch.{k}={v}" for k, v in flags.items() if v is not None)]
+    cfg = _load(config, overrides)
+    from vlmtrain.config import ConfigError, validate_for_fit
+
+    try:
+        validate_for_fit(cfg)
+    except ConfigError as err:
+        _fail(str(err))
+    if needs_launch(cfg.launch):
+        raise typer.Exit(relaunch(cfg.launch, [config, *overrides]))
+    setup_logging(verbose)
+    from vlmtrain.train.fit import fit as run_fit
+
+    try:
+        result = run_fit(cfg)
+    except _user_errors() as err:
+        _fail(str(err))
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"steps: {result.steps}  loss: {result.first_loss:.4f} -> {result.final_loss:.4f}  "
+                   f"trained tokens/epoch: {result.trained_tokens}  saved: {result.output_dir}")
+
+
+@app.command()
+def families(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the registered model families: model types, stop tokens, media tokens."""
+    from dataclasses import asdict
+
+    from vlmtrain.families import FAMILIES
+
+    if as_json:
+        typer.echo(json.dumps([asdict(f) for f in FAMILIES], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("family", "model types", "stop tokens", "stop placement", "media tokens", "verified")
+    for f in FAMILIES:
+        table.add_row(f.name, ", ".join(f.model_types), " ".join(f.stop_tokens), f.stop_placement,
+                      " ".join(f.media_tokens + f.media_token_patterns) or "-", "yes" if f.verified else "NO")
+    Console().print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print vlmtrain's version and the versions of the libraries it drives."""
+    import importlib.metadata as md
+
+    from vlmtrain import __version__
+
+    parts = [f"vlmtrain {__version__}"]
+    for name in ("torch", "transformers", "trl", "peft", "datasets"):
+        try:
+            parts.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{name} missing")
+    typer.echo("  ".join(parts))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(sys.argv[1:])

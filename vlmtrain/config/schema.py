@@ -1,0 +1,146 @@
+"""Typed schema of a vlmtrain run, usable as an OmegaConf structured config.
+
+Dataclasses only: loading, merging and validation live in ``load.py``. ``MISSING`` (``???``)
+marks a value the user must supply; the allowed values of enum-like string fields are
+checked in ``load.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+def _default_training() -> dict[str, Any]:
+    """Defaults handed to ``trl.SFTConfig``; the rest of SFTConfig keeps TRL's own defaults."""
+    return {
+        "output_dir": "outputs/run",
+        "learning_rate": 2e-4,
+        "num_train_epochs": 1.0,
+        "max_steps": -1,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "logging_steps": 1,
+        "save_steps": 500,
+        "save_strategy": "steps",
+        "report_to": "none",
+        "seed": 0,
+        "bf16": False,
+    }
+
+
+@dataclass
+class FreezeConfig:
+    """Which parts of the model keep their weights fixed."""
+
+    vision_tower: bool = False
+    projector: bool = False
+    language_model: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The base model and how it is loaded."""
+
+    name_or_path: str = MISSING  # local directory or hub id
+    family: str = "auto"  # auto = from config.json model_type
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    trust_remote_code: bool = False
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient adapter; ``none`` trains the (unfrozen) weights directly."""
+
+    type: str = "none"
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Any = "auto"  # "auto" or a list of module names
+    merge_on_save: bool = False
+
+
+@dataclass
+class DataSource:
+    """One dataset: a local file/dir or a hub id, and how its columns map to samples."""
+
+    path: str = MISSING
+    image_dir: str | None = None
+    format: str = "conversations"
+    split: str = "train"
+    name: str | None = None
+    messages_column: str = "messages"
+    images_column: str = "images"
+    text_column: str = "text"
+    image_placeholder: str | None = None
+    weight: float = 1.0
+    max_rows: int | None = None
+
+
+@dataclass
+class DataConfig:
+    """Training/eval sources and the row-level policies (rows are never truncated)."""
+
+    train: list[DataSource] = field(default_factory=list)
+    eval: list[DataSource] = field(default_factory=list)
+    max_length: int = 2048
+    on_too_long: str = "drop"
+    on_bad_row: str = "error"
+    cache_dir: str | None = None
+    template_date: str = "2024-07-26"  # the date chat templates see, pinned for reproducibility
+    allow_paths_outside_image_dir: bool = False
+    max_image_pixels: int | None = 178956970  # Pillow's decompression-bomb guard
+    seed: int = 0
+
+
+@dataclass
+class RoleBoundary:
+    """Explicit span markers for a role, for templates whose spans cannot be derived."""
+
+    role: str = MISSING
+    start: str = MISSING
+    end: str | None = MISSING  # a string, "eos_token", or null = the span runs to the end
+    include_start: bool = False
+    include_end: bool = True
+
+
+@dataclass
+class MaskConfig:
+    """Which tokens the loss trains on."""
+
+    mode: str = "sampled"
+    roles: list[str] = field(default_factory=lambda: ["assistant"])
+    train_on_inputs: bool | None = None  # axolotl knob: true == mode all
+    roles_to_train: list[str] | None = None  # axolotl knob: mode roles with these roles
+    train_on_eos: str = "turn"
+    role_boundaries: list[RoleBoundary] = field(default_factory=list)
+    on_empty: str = "error"
+
+
+@dataclass
+class LaunchConfig:
+    """torchrun-style multi-process launch settings."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_backend: str = "c10d"
+
+
+@dataclass
+class VlmConfig:
+    """A whole run. ``training`` is passed unchanged to ``trl.SFTConfig``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    training: dict[str, Any] = field(default_factory=_default_training)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)

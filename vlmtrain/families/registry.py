@@ -1,0 +1,203 @@
+"""Every supported model family, one declarative entry each.
+
+To add a family: append one ``Family(...)`` below and a case to ``tests/test_conformance.py``. Entries are
+checked against each family's real chat template by the conformance tests.
+"""
+
+from __future__ import annotations
+
+from vlmtrain.families.family import Family
+
+_QWEN_VL_MEDIA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_LLAVA_STYLE = dict(
+    vision_tower=("model.vision_tower",),
+    projector=("model.multi_modal_projector",),
+    language_model=("model.language_model",),
+)
+_IDEFICS_STYLE = dict(
+    stop_tokens=("<end_of_utterance>",),
+    media_tokens=("<image>", "<fake_token_around_image>", "<global-img>"),
+    media_token_patterns=(r"<row_\d+_col_\d+>",),
+    image_placeholder="<image>",
+    vision_tower=("model.vision_model",),
+    projector=("model.connector",),
+    language_model=("model.text_model",),
+)
+_TEXT_ONLY = dict(is_vlm=False, language_model=("model",))
+
+FAMILIES: tuple[Family, ...] = (
+    # --- vision-language models -------------------------------------------------------------------------
+    Family(
+        name="qwen2_vl",
+        model_types=("qwen2_vl",),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=_QWEN_VL_MEDIA,
+        image_placeholder="<|image_pad|>",
+        extra_inputs=("mm_token_type_ids",),
+        vision_tower=("model.visual",),
+        projector=("model.visual.merger",),
+        language_model=("model.language_model",),
+        quirks=("template adds a default system turn when none is given",),
+    ),
+    Family(
+        name="qwen2_5_vl",
+        model_types=("qwen2_5_vl",),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=_QWEN_VL_MEDIA,
+        image_placeholder="<|image_pad|>",
+        extra_inputs=("mm_token_type_ids",),
+        vision_tower=("model.visual",),
+        projector=("model.visual.merger",),
+        language_model=("model.language_model",),
+        quirks=("template adds a default system turn when none is given",),
+    ),
+    Family(
+        name="qwen3_vl",
+        model_types=("qwen3_vl", "qwen3_vl_moe"),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=_QWEN_VL_MEDIA,
+        image_placeholder="<|image_pad|>",
+        extra_inputs=("mm_token_type_ids",),
+        vision_tower=("model.visual",),
+        projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
+        language_model=("model.language_model",),
+    ),
+    Family(name="idefics3", model_types=("idefics3",), **_IDEFICS_STYLE),
+    Family(name="smolvlm", model_types=("smolvlm",), **_IDEFICS_STYLE),
+    Family(
+        name="gemma3",
+        model_types=("gemma3",),
+        stop_tokens=("<end_of_turn>",),
+        media_tokens=("<start_of_image>", "<image_soft_token>", "<end_of_image>"),
+        image_placeholder="<start_of_image>",
+        extra_inputs=("token_type_ids",),
+        quirks=("template writes <bos> itself; the processor must not add a second one",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="llava",
+        model_types=("llava",),
+        stop_tokens=("</s>",),
+        stop_placement="absent",
+        media_tokens=("<image>",),
+        image_placeholder="<image>",
+        quirks=("LLaVA-1.5's template writes no </s> after answers; vlmtrain appends it to the final turn",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="llava_next",
+        model_types=("llava_next",),
+        stop_tokens=("</s>",),
+        media_tokens=("<image>",),
+        image_placeholder="<image>",
+        quirks=("template does not write <s>; the processor adds it",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="llava_onevision",
+        model_types=("llava_onevision",),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=("<image>", "<video>"),
+        image_placeholder="<image>",
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="mllama",
+        model_types=("mllama",),
+        stop_tokens=("<|eot_id|>",),
+        media_tokens=("<|image|>",),
+        image_placeholder="<|image|>",
+        vision_tower=("model.vision_model",),
+        projector=("model.multi_modal_projector",),
+        language_model=("model.language_model",),
+        quirks=("template writes today's date unless an image is present; vlmtrain pins the date",),
+    ),
+    Family(
+        name="mistral3",
+        model_types=("mistral3",),
+        stop_tokens=("</s>",),
+        media_tokens=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
+        image_placeholder="[IMG]",
+        quirks=("template calls strftime_now and adds a default system prompt",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="internvl",
+        model_types=("internvl",),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=("<IMG_CONTEXT>", "<img>", "</img>", "<video>"),
+        image_placeholder="<IMG_CONTEXT>",
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="lfm2_vl",
+        model_types=("lfm2_vl",),
+        stop_tokens=("<|im_end|>",),
+        media_tokens=("<image>", "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"),
+        media_token_patterns=(r"<\|img_row_\d+_col_\d+\|>",),
+        image_placeholder="<image>",
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="glm4v",
+        model_types=("glm4v", "glm4v_moe"),
+        stop_tokens=("<|user|>", "<|observation|>", "<|endoftext|>"),
+        stop_placement="next_turn",
+        media_tokens=("<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|begin_of_video|>",
+                      "<|end_of_video|>", "<|video|>"),
+        image_placeholder="<|image|>",
+        vision_tower=("model.visual",),
+        projector=("model.visual.merger",),
+        language_model=("model.language_model",),
+        verified=False,
+        quirks=("registered from published markers; no real template was available to verify it",),
+    ),
+    # --- text models --------------------------------------------------------------------------------------
+    Family(
+        name="llama",
+        model_types=("llama",),
+        stop_tokens=("<|eot_id|>", "<|eom_id|>"),
+        quirks=("Llama 3.2's template writes today's date; vlmtrain pins it (data.template_date)",),
+        **_TEXT_ONLY,
+    ),
+    Family(name="qwen2", model_types=("qwen2",), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
+    Family(name="qwen3", model_types=("qwen3", "qwen3_moe"), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
+    Family(
+        name="phi3",
+        model_types=("phi3",),
+        stop_tokens=("<|end|>",),
+        quirks=("template appends an extra <|end|> after the last turn; it is not trained",),
+        **_TEXT_ONLY,
+    ),
+    Family(
+        name="glm4_moe",
+        model_types=("glm4_moe",),
+        stop_tokens=("<|user|>", "<|observation|>", "<|endoftext|>"),
+        stop_placement="next_turn",
+        quirks=("the stop token opens the next message; vlmtrain trains it and appends <|user|> at the end",),
+        **_TEXT_ONLY,
+    ),
+)
+
+
+def _index(families: tuple[Family, ...]) -> dict[str, Family]:
+    """Map family names and model types to entries, refusing duplicates (two entries must never race)."""
+    index: dict[str, Family] = {}
+    for family in families:
+        for key in {family.name, *family.model_types}:
+            if key in index and index[key] is not family:
+                raise ValueError(f"duplicate family registration for {key!r}")
+            index[key] = family
+    return index
+
+
+_BY_KEY = _index(FAMILIES)
+
+
+def known_names() -> list[str]:
+    return [f.name for f in FAMILIES]
+
+
+def lookup(key: str) -> Family | None:
+    """Exact-match lookup by family name or config.json model_type."""
+    return _BY_KEY.get(key)

@@ -1,0 +1,50 @@
+"""Locate a family's real chat template and special-token list (never copied into this repo)."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from .specs import FAMILIES, FamilySpec
+
+TEMPLATES_ENV = "VLMTRAIN_TEMPLATES_ROOT"  # fallback for families whose template is not shipped by trl
+
+
+def spec_for(family: str) -> FamilySpec:
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {sorted(FAMILIES)}") from None
+
+
+def _shared_dir(family: str, folder: str, templates_root: str | Path | None) -> Path:
+    root = templates_root or os.environ.get(TEMPLATES_ENV)
+    if not root:
+        raise ValueError(f"family {family!r} needs templates_root (or ${TEMPLATES_ENV}) holding {folder}/")
+    path = Path(root) / folder
+    if not (path / "chat_template.jinja").is_file():
+        raise FileNotFoundError(f"no chat_template.jinja under {path}")
+    return path
+
+
+def template_source(family: str, templates_root: str | Path | None = None) -> str:
+    """The model's own published chat template text, read from installed trl or from templates_root."""
+    where, name = spec_for(family).template
+    if where == "trl":
+        return resources.files("trl").joinpath("chat_templates", name).read_text(encoding="utf-8")
+    return (_shared_dir(family, name, templates_root) / "chat_template.jinja").read_text(encoding="utf-8")
+
+
+def shared_special_tokens(family: str, templates_root: str | Path | None) -> list[str]:
+    """Token strings listed in the shared folder's special_tokens.json (empty for trl-template families)."""
+    where, name = spec_for(family).template
+    if where != "shared":
+        return []
+    path = _shared_dir(family, name, templates_root) / "special_tokens.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    found = [data.get("bos"), data.get("eos"), data.get("pad"), *data.get("additional", []), *data.get("stop", [])]
+    return [t for t in found if t]

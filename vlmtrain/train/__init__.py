@@ -1,0 +1,1 @@
+"""Model loading, freezing/adapters, the SFTTrainer wiring, and the ``fit`` orchestration."""

@@ -1,0 +1,116 @@
+"""Load the model with the right Auto class, freeze what the config says, and attach LoRA/QLoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlmtrain.families.family import Family
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_attn_implementation(requested: str) -> str:
+    """``auto`` -> flash_attention_2 on CUDA when flash-attn is installed, else sdpa."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def pick_dtype(requested: str, bf16: bool) -> torch.dtype:
+    if requested != "auto":
+        return _DTYPES[requested]
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def load_model(model_cfg: Any, adapter_cfg: Any, family: Family | None, bf16: bool) -> nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    is_vlm = family.is_vlm if family is not None else True
+    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {
+        "dtype": pick_dtype(model_cfg.dtype, bf16),
+        "attn_implementation": pick_attn_implementation(model_cfg.attn_implementation),
+        "trust_remote_code": model_cfg.trust_remote_code,
+    }
+    if adapter_cfg.type == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("adapter.type=qlora needs a CUDA GPU and bitsandbytes (pip install 'vlmtrain[gpu]')")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16,
+        )
+    return auto.from_pretrained(model_cfg.name_or_path, **kwargs)
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def module_groups(family: Family | None) -> dict[str, tuple[str, ...]]:
+    if family is None:
+        return {"vision_tower": (), "projector": (), "language_model": ()}
+    return {"vision_tower": family.vision_tower, "projector": family.projector,
+            "language_model": family.language_model}
+
+
+def apply_freeze(model: nn.Module, freeze_cfg: Any, family: Family | None) -> None:
+    """Freeze the configured parts. The projector is excluded from the vision tower even when nested in it."""
+    groups = module_groups(family)
+    for part in ("vision_tower", "projector", "language_model"):
+        if not freeze_cfg.get(part):
+            continue
+        if not groups[part]:
+            raise ValueError(f"model.freeze.{part}: the family declares no {part} modules for this model")
+        others = tuple(p for g, ps in groups.items() if g != part for p in ps if p not in groups[part])
+        count = 0
+        for name, param in model.named_parameters():
+            if _under(name, groups[part]) and not (_under(name, others) and part == "vision_tower"):
+                param.requires_grad_(False)
+                count += 1
+        if count == 0:
+            raise ValueError(f"model.freeze.{part}: no parameters found under {groups[part]}")
+        log.info("froze %s (%d tensors)", part, count)
+
+
+def language_linear_names(model: nn.Module, family: Family | None) -> list[str]:
+    """Every nn.Linear inside the language model (never the vision tower, projector or lm_head)."""
+    groups = module_groups(family)
+    language = groups["language_model"] or ("model",)
+    excluded = groups["vision_tower"] + groups["projector"]
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and _under(name, language) and not _under(name, excluded)]
+
+
+def attach_adapter(model: nn.Module, adapter_cfg: Any, family: Family | None) -> nn.Module:
+    if adapter_cfg.type == "none":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if adapter_cfg.type == "qlora":
+        model = prepare_model_for_kbit_training(model)
+    targets = adapter_cfg.target_modules
+    if targets == "auto":
+        targets = language_linear_names(model, family)
+        if not targets:
+            raise ValueError("adapter.target_modules=auto found no linear layers in the language model; "
+                             "list them explicitly")
+    config = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=adapter_cfg.dropout,
+                        target_modules=list(targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def parameter_summary(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
