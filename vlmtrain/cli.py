@@ -91,6 +91,54 @@ def fit(
 
 
 @app.command()
+def preprocess(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    num_proc: Annotated[int, typer.Option(help="Worker processes for rendering.")] = 1,
+    check: Annotated[bool, typer.Option("--check", help="Validate every row without writing a cache.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Render, tokenize, mask and length-check every row into the fingerprinted cache that fit reuses."""
+    from vlmtrain.data.preprocess import run_preprocess
+    from vlmtrain.log import setup_logging
+
+    cfg = _load(config, overrides)
+    setup_logging(verbose)
+    try:
+        code = run_preprocess(cfg, num_proc=num_proc, check=check)
+    except _user_errors() as err:
+        _fail(str(err))
+    raise typer.Exit(code)
+
+
+@app.command("inspect-mask")
+def inspect_mask(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    rows: Annotated[str, typer.Option(help="Rows to show: 17, 0:5, or 3,8,9.")] = "0:3",
+    split: Annotated[str, typer.Option(help="train or eval.")] = "train",
+    fmt: Annotated[str, typer.Option("--format", help="terminal, json or html.")] = "terminal",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Also print token ids.")] = False,
+    summary: Annotated[bool | None, typer.Option("--summary/--no-summary",
+                                                 help="Scan the whole split and report problems.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if the summary finds problems.")] = False,
+) -> None:
+    """Show, token by token, what the loss trains on and why; lint the whole dataset."""
+    from vlmtrain.inspect.command import run_inspect
+    from vlmtrain.log import setup_logging
+
+    cfg = _load(config, overrides)
+    setup_logging(False)
+    try:
+        code = run_inspect(cfg, rows=rows, split=split, fmt=fmt, output=output, show_ids=ids, summary=summary,
+                           strict=strict)
+    except _user_errors() as err:
+        _fail(str(err))
+    raise typer.Exit(code)
+
+
+@app.command()
 def families(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the registered model families: model types, stop tokens, media tokens."""
     from dataclasses import asdict

@@ -221,7 +221,10 @@ def _unknown_key(where: str, key_path: str, key: Any, valid: Sequence[str]) -> C
 
 def _type_error(where: str, key_path: str, value: Any, expected: str) -> ConfigError:
     shown = "null" if value is None else repr(value)
-    return ConfigError(f"{where}: {key_path}: expected {expected}, got {shown}")
+    hint = ""
+    if isinstance(value, bool) and "str" in expected:
+        hint = " (YAML reads unquoted no/yes/off/on as booleans: quote the value, e.g. 'no')"
+    return ConfigError(f"{where}: {key_path}: expected {expected}, got {shown}{hint}")
 
 
 # ---------------------------------------------------------------- raw value checks (pre-merge)

@@ -90,7 +90,8 @@ class DataConfig:
     max_length: int = 2048
     on_too_long: str = "drop"
     on_bad_row: str = "error"
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data)
+    hash_data_files: bool = False  # fingerprint data files by content (sha256) instead of path/size/mtime
     template_date: str = "2024-07-26"  # the date chat templates see, pinned for reproducibility
     allow_paths_outside_image_dir: bool = False
     max_image_pixels: int | None = 178956970  # Pillow's decompression-bomb guard

@@ -85,6 +85,9 @@ def fit(cfg: Any) -> FitResult:
         data_collator=CompletionOnlyCollator(renderer.renderer, renderer.media_ids),
         processing_class=renderer.renderer.processing_class,
     )
+    processes = trainer.accelerator.num_processes
+    log.info("processes: %d (%s), effective batch: %d rows", processes, trainer.accelerator.distributed_type,
+             args.per_device_train_batch_size * args.gradient_accumulation_steps * processes)
     output = trainer.train()
     out_dir = Path(args.output_dir)
     trainer.save_model(str(out_dir))

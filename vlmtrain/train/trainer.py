@@ -35,4 +35,12 @@ def sft_config(training: dict[str, Any]) -> SFTConfig:
     if clashes:
         raise ValueError(f"training.{sorted(clashes)[0]} is managed by vlmtrain (rows are pre-rendered, masked and "
                          "never truncated); remove it from the config")
-    return SFTConfig(**{**training, **forced})
+    defaults = {"use_cpu": not _has_accelerator()}  # without it, torchrun on the CPU trains N unrelated copies
+    return SFTConfig(**{**defaults, **training, **forced})
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
+        torch.backends.mps.is_available()

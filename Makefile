@@ -1,0 +1,32 @@
+# The two commands a newcomer runs: `make quickstart` and `make test`. Each creates .venv if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: install quickstart test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+quickstart: install
+	$(BIN)/vlmtrain fit configs/quickstart.yaml
+
+test: install
+	bash tests/setup_chromium.sh
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check vlmtrain tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
