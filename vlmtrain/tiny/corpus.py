@@ -51,5 +51,8 @@ def corpus() -> list[str]:
         lines.append(f"The {noun} {verb} {i + 2} {SHAPES[i % 3]}s and {i % 7} lines, about {i * 13 % 100}%.")
     for n in range(0, 200, 7):
         lines.append(f"Step {n}: loss = {n / 97:.4f}, lr = {n * 3}e-5, tokens: {n * 1024}.")
-    lines += ["system user assistant tool Assistant: User: model", "0123456789 !?.,;:'\"()[]{}<>/\\|-_=+*&^%$#@~`"]
+    lines += [
+        "system user assistant tool Assistant: User: model",
+        "0123456789 !?.,;:'\"()[]{}<>/\\|-_=+*&^%$#@~`",
+    ]
     return lines

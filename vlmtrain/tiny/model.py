@@ -39,7 +39,7 @@ def build_config(spec: FamilySpec, tokenizer: PreTrainedTokenizerFast) -> Pretra
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     # Special ids live on the language model's config (v5 deprecates them on the composite config).
-    (kwargs["text_config"] if "text_config" in kwargs else kwargs).update(ids)
+    kwargs.get("text_config", kwargs).update(ids)
     config = getattr(transformers, spec.config_cls)(**kwargs)
     if config.model_type != spec.model_type:
         raise ValueError(f"{spec.name}: config model_type {config.model_type!r} != {spec.model_type!r}")

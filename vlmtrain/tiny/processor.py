@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from typing import Any
+
 import transformers
 from transformers import PreTrainedTokenizerFast, ProcessorMixin
 
 from .specs import ProcessorSpec
 
 
-def build_processor(spec: ProcessorSpec, tokenizer: PreTrainedTokenizerFast, chat_template: str) -> ProcessorMixin:
-    """Instantiate image (+video) processors and the processor; sizes keep a 32-48 px image to a few tokens."""
-    image_cls, image_kwargs = spec.image
-    parts = {"image_processor": getattr(transformers, image_cls)(**image_kwargs)}
+def build_processor(
+    spec: ProcessorSpec, tokenizer: PreTrainedTokenizerFast, chat_template: str
+) -> ProcessorMixin:
+    """Image (+video) processors and the processor; the sizes keep a 32-48 px image to a few tokens."""
+    parts = {"image_processor": _instantiate(*spec.image)}
     if spec.video is not None:
-        video_cls, video_kwargs = spec.video
-        parts["video_processor"] = getattr(transformers, video_cls)(**video_kwargs)
+        parts["video_processor"] = _instantiate(*spec.video)
     processor_cls = getattr(transformers, spec.cls)
-    return processor_cls(tokenizer=tokenizer, chat_template=chat_template, **parts, **spec.kwargs)
+    extra = copy.deepcopy(dict(spec.kwargs))
+    return processor_cls(tokenizer=tokenizer, chat_template=chat_template, **parts, **extra)
+
+
+def _instantiate(cls_name: str, kwargs: Mapping[str, Any]) -> Any:
+    # Deep copy: processors may adjust their size dicts in place, and the spec table is shared.
+    return getattr(transformers, cls_name)(**copy.deepcopy(dict(kwargs)))

@@ -31,7 +31,8 @@ def _draw(shape: str, color: str, size: tuple[int, int], rng: random.Random) -> 
     elif shape == "square":
         draw.rectangle(box, fill=_RGB[color])
     else:
-        draw.polygon([(x0 + side // 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)], fill=_RGB[color])
+        corners = [(x0 + side // 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)]
+        draw.polygon(corners, fill=_RGB[color])
     return img
 
 

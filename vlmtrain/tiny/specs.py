@@ -8,7 +8,7 @@ and resolved against the trained tokenizer at build time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 
@@ -62,260 +62,394 @@ class FamilySpec:
 
 # --- shared pieces -------------------------------------------------------------------------------
 
+
 def _text(**over: Any) -> dict[str, Any]:
     """Tiny decoder: 2 layers, hidden 64, 4 heads (2 kv); enough to overfit, trains in milliseconds."""
     base = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
     )
     return {**base, **over}
 
 
+def _tower(**over: Any) -> dict[str, Any]:
+    """Tiny ViT on 32 px images in 8 px patches (4x4 patches before any merging)."""
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return {**base, "image_size": 32, "patch_size": 8, **over}
+
+
+def _qwen_vision(**over: Any) -> dict[str, Any]:
+    base = dict(depth=1, num_heads=2, patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    return {**base, **over}
+
+
 _MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3]}  # sums to head_dim / 2 = 8
-_SIGLIP32 = dict(  # SigLIP-like tower on 32 px images in 8 px patches
-    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+# Patch 8 x merge 2: a 32 px image -> 4 tokens, 48 px -> 9, capped at 16 (64 px).
+_QWEN_IMG = dict(
+    patch_size=8,
+    merge_size=2,
+    temporal_patch_size=2,
+    size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64},
 )
-_CLIP32 = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-    patch_size=8, projection_dim=32,
-)
-_QWEN_VISION_IMG = dict(patch_size=8, merge_size=2, temporal_patch_size=2,
-                        size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64})
 _IDEFICS_IMG = dict(do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32})
+_SQUARE32 = {"height": 32, "width": 32}
+_LLAVA_PROC = {"patch_size": 8, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
 _ROW_COL = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 
+_QWEN_SPECIAL = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)  # fmt: skip
+_QWEN3_PLAIN = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+_CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
 QWEN_TOK = TokenizerSpec(
-    style="byte_level", eos="<|im_end|>", pad="<|endoftext|>",
-    special=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-             "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-             "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
-    plain=("<tool_call>", "</tool_call>"),
+    "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_QWEN_SPECIAL, plain=_QWEN3_PLAIN[:2]
 )
 QWEN3_TOK = TokenizerSpec(
-    style="byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=QWEN_TOK.special,
-    plain=("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"),
+    "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_QWEN_SPECIAL, plain=_QWEN3_PLAIN
 )
 QWEN_VL_TOK = TokenizerSpec(
-    style="byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=QWEN_TOK.special, plain=QWEN3_TOK.plain,
-    named={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-           "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"},
+    "byte_level",
+    eos="<|im_end|>",
+    pad="<|endoftext|>",
+    special=_QWEN_SPECIAL,
+    plain=_QWEN3_PLAIN,
+    named={
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    },
 )
 LLAMA3_TOK = TokenizerSpec(
-    style="byte_level", bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>", add_bos=True,
+    "byte_level",
+    bos="<|begin_of_text|>",
+    eos="<|eot_id|>",
+    pad="<|finetune_right_pad_id|>",
+    add_bos=True,
     special=("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|python_tag|>"),
 )
-_QWEN_VL_IDS = dict(
-    image_token_id=Tok("<|image_pad|>"), video_token_id=Tok("<|video_pad|>"),
-    vision_start_token_id=Tok("<|vision_start|>"), vision_end_token_id=Tok("<|vision_end|>"),
+LLAMA2_TOK = TokenizerSpec(
+    "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
+    named={"image_token": "<image>"},
 )
+_QWEN_VL_IDS = dict(
+    image_token_id=Tok("<|image_pad|>"),
+    video_token_id=Tok("<|video_pad|>"),
+    vision_start_token_id=Tok("<|vision_start|>"),
+    vision_end_token_id=Tok("<|vision_end|>"),
+)
+_QWEN_VL_PROC = dict(image=("Qwen2VLImageProcessor", _QWEN_IMG), video=("Qwen2VLVideoProcessor", _QWEN_IMG))
 
 
 # --- the table -----------------------------------------------------------------------------------
 
-FAMILIES: dict[str, FamilySpec] = {
-    s.name: s
-    for s in (
-        FamilySpec(
-            "qwen2_vl", "qwen2_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2VLConfig",
-            dict(text_config=_text(rope_parameters=_MROPE),
-                 vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2,
-                                    patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
-                 **_QWEN_VL_IDS),
-            ProcessorSpec("Qwen2VLProcessor", ("Qwen2VLImageProcessor", _QWEN_VISION_IMG),
-                          ("Qwen2VLVideoProcessor", _QWEN_VISION_IMG)),
+_TABLE = (
+    FamilySpec(
+        "qwen2_vl", "qwen2_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2VLConfig",
+        dict(
+            text_config=_text(rope_parameters=_MROPE),
+            vision_config=_qwen_vision(embed_dim=32, hidden_size=64, mlp_ratio=2),
+            **_QWEN_VL_IDS,
         ),
-        FamilySpec(
-            "qwen2_5_vl", "qwen2_5_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2_5_VLConfig",
-            dict(text_config=_text(rope_parameters=_MROPE),
-                 vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                                    patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
-                                    fullatt_block_indexes=[0]),
-                 **_QWEN_VL_IDS),
-            ProcessorSpec("Qwen2_5_VLProcessor", ("Qwen2VLImageProcessor", _QWEN_VISION_IMG),
-                          ("Qwen2VLVideoProcessor", _QWEN_VISION_IMG)),
-        ),
-        FamilySpec(
-            "qwen3_vl", "qwen3_vl", ("trl", "qwen3_vl.jinja"), QWEN_VL_TOK, "Qwen3VLConfig",
-            dict(text_config=_text(head_dim=16, rope_parameters={**_MROPE, "mrope_interleaved": True}),
-                 vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                                    patch_size=8, spatial_merge_size=2, temporal_patch_size=2,
-                                    num_position_embeddings=64, deepstack_visual_indexes=[0]),
-                 **_QWEN_VL_IDS),
-            ProcessorSpec("Qwen3VLProcessor", ("Qwen2VLImageProcessor", _QWEN_VISION_IMG),
-                          ("Qwen3VLVideoProcessor", _QWEN_VISION_IMG)),
-        ),
-        FamilySpec(
-            "idefics3", "idefics3", ("trl", "idefics3.jinja"),
-            TokenizerSpec(
-                style="byte_level", bos="<|begin_of_text|>", eos="<end_of_utterance>",
-                pad="<|reserved_special_token_0|>", add_bos=True,
-                special=("<|end_of_text|>", "<|im_start|>", "<fake_token_around_image>", "<image>",
-                         "<global-img>", *_ROW_COL),
+        ProcessorSpec("Qwen2VLProcessor", **_QWEN_VL_PROC),
+    ),
+    FamilySpec(
+        "qwen2_5_vl", "qwen2_5_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2_5_VLConfig",
+        dict(
+            text_config=_text(rope_parameters=_MROPE),
+            vision_config=_qwen_vision(
+                hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=32,
+                fullatt_block_indexes=[0],
             ),
-            "Idefics3Config",
-            dict(text_config=dict(model_type="llama", **_text()), vision_config=_SIGLIP32, scale_factor=2,
-                 image_token_id=Tok("<image>")),
-            ProcessorSpec("Idefics3Processor", ("Idefics3ImageProcessor", _IDEFICS_IMG), kwargs={"image_seq_len": 4}),
+            **_QWEN_VL_IDS,
         ),
-        FamilySpec(
-            "smolvlm", "smolvlm", ("trl", "smolvlm.jinja"),
-            TokenizerSpec(
-                style="byte_level", bos="<|im_start|>", eos="<end_of_utterance>", pad="<|im_end|>",
-                unk="<|endoftext|>",
-                special=("<|im_start|>", "<|im_end|>", *_ROW_COL),
-                named={"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
-                       "end_of_utterance_token": "<end_of_utterance>", "global_image_token": "<global-img>",
-                       "video_token": "<video>"},
+        ProcessorSpec("Qwen2_5_VLProcessor", **_QWEN_VL_PROC),
+    ),
+    FamilySpec(
+        "qwen3_vl", "qwen3_vl", ("trl", "qwen3_vl.jinja"), QWEN_VL_TOK, "Qwen3VLConfig",
+        dict(
+            text_config=_text(head_dim=16, rope_parameters={**_MROPE, "mrope_interleaved": True}),
+            vision_config=_qwen_vision(
+                hidden_size=32, intermediate_size=64, out_hidden_size=64, num_position_embeddings=64,
+                deepstack_visual_indexes=[0],
             ),
-            "SmolVLMConfig",
-            dict(text_config=dict(model_type="llama", **_text()), vision_config=_SIGLIP32, scale_factor=2,
-                 image_token_id=Tok("<image>")),
-            ProcessorSpec("SmolVLMProcessor", ("SmolVLMImageProcessor", _IDEFICS_IMG),
-                          ("SmolVLMVideoProcessor", {"size": {"longest_edge": 32},
-                                                     "max_image_size": {"longest_edge": 32}}),
-                          kwargs={"image_seq_len": 4}),
+            **_QWEN_VL_IDS,
         ),
-        FamilySpec(
-            "gemma3", "gemma3", ("trl", "gemma3.jinja"),
-            TokenizerSpec(
-                style="metaspace", bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", add_bos=True,
-                special=("<start_of_turn>", "<end_of_turn>", "<mask>"),
-                named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                       "image_token": "<image_soft_token>"},
+        ProcessorSpec(
+            "Qwen3VLProcessor", ("Qwen2VLImageProcessor", _QWEN_IMG), ("Qwen3VLVideoProcessor", _QWEN_IMG)
+        ),
+    ),
+    FamilySpec(
+        "idefics3", "idefics3", ("trl", "idefics3.jinja"),  # Idefics3-8B-Llama3 template: Llama 3 tokens
+        TokenizerSpec(
+            "byte_level",
+            bos="<|begin_of_text|>",
+            eos="<end_of_utterance>",
+            pad="<|reserved_special_token_0|>",
+            add_bos=True,
+            special=("<|end_of_text|>", "<|im_start|>", "<fake_token_around_image>", "<image>",
+                     "<global-img>", *_ROW_COL),
+        ),
+        "Idefics3Config",
+        dict(
+            text_config=dict(model_type="llama", **_text()),
+            vision_config=_tower(),
+            scale_factor=2,
+            image_token_id=Tok("<image>"),
+        ),
+        ProcessorSpec(
+            "Idefics3Processor", ("Idefics3ImageProcessor", _IDEFICS_IMG), kwargs={"image_seq_len": 4}
+        ),
+    ),
+    FamilySpec(
+        "smolvlm", "smolvlm", ("trl", "smolvlm.jinja"),
+        TokenizerSpec(
+            "byte_level",
+            bos="<|im_start|>",
+            eos="<end_of_utterance>",
+            pad="<|im_end|>",
+            unk="<|endoftext|>",
+            special=("<|im_start|>", "<|im_end|>", *_ROW_COL),
+            named={
+                "fake_image_token": "<fake_token_around_image>",
+                "image_token": "<image>",
+                "end_of_utterance_token": "<end_of_utterance>",
+                "global_image_token": "<global-img>",
+                "video_token": "<video>",
+            },
+        ),
+        "SmolVLMConfig",
+        dict(
+            text_config=dict(model_type="llama", **_text()),
+            vision_config=_tower(),
+            scale_factor=2,
+            image_token_id=Tok("<image>"),
+        ),
+        ProcessorSpec(
+            "SmolVLMProcessor",
+            ("SmolVLMImageProcessor", _IDEFICS_IMG),
+            ("SmolVLMVideoProcessor", _IDEFICS_IMG),
+            kwargs={"image_seq_len": 4},
+        ),
+    ),
+    FamilySpec(
+        "gemma3", "gemma3", ("trl", "gemma3.jinja"),
+        TokenizerSpec(
+            "metaspace",
+            bos="<bos>",
+            eos="<eos>",
+            pad="<pad>",
+            unk="<unk>",
+            add_bos=True,
+            special=("<start_of_turn>", "<end_of_turn>", "<mask>"),
+            named={
+                "boi_token": "<start_of_image>",
+                "eoi_token": "<end_of_image>",
+                "image_token": "<image_soft_token>",
+            },
+        ),
+        "Gemma3Config",
+        dict(
+            text_config=_text(
+                head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
+                layer_types=["sliding_attention", "full_attention"],
             ),
-            "Gemma3Config",
-            dict(text_config=_text(head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
-                                   layer_types=["sliding_attention", "full_attention"]),
-                 vision_config=_SIGLIP32, mm_tokens_per_image=4,
-                 boi_token_index=Tok("<start_of_image>"), eoi_token_index=Tok("<end_of_image>"),
-                 image_token_index=Tok("<image_soft_token>")),
-            ProcessorSpec("Gemma3Processor", ("Gemma3ImageProcessor",
-                                              {"size": {"height": 32, "width": 32}, "do_pan_and_scan": False}),
-                          kwargs={"image_seq_length": 4}),
+            vision_config=_tower(),
+            mm_tokens_per_image=4,
+            boi_token_index=Tok("<start_of_image>"),
+            eoi_token_index=Tok("<end_of_image>"),
+            image_token_index=Tok("<image_soft_token>"),
         ),
-        FamilySpec(
-            "llava", "llava", ("shared", "llava"),
-            TokenizerSpec(style="metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
-                          named={"image_token": "<image>"}),
-            "LlavaConfig",
-            dict(text_config=dict(model_type="llama", **_text()), vision_config=dict(model_type="clip_vision_model",
-                 **_CLIP32), image_token_index=Tok("<image>"), vision_feature_layer=-1, image_seq_length=16),
-            ProcessorSpec("LlavaProcessor", ("CLIPImageProcessor",
-                                             {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}),
-                          kwargs={"patch_size": 8, "vision_feature_select_strategy": "default",
-                                  "num_additional_image_tokens": 1}),
+        ProcessorSpec(
+            "Gemma3Processor", ("Gemma3ImageProcessor", {"size": _SQUARE32, "do_pan_and_scan": False}),
+            kwargs={"image_seq_length": 4},
         ),
-        FamilySpec(
-            "llava_next", "llava_next", ("trl", "llava_next.jinja"),
-            TokenizerSpec(style="metaspace", bos="<s>", eos="</s>", pad="<unk>", unk="<unk>", add_bos=True,
-                          named={"image_token": "<image>"}),
-            "LlavaNextConfig",
-            dict(text_config=dict(model_type="mistral", **_text()), vision_config=dict(model_type="clip_vision_model",
-                 **_CLIP32), image_token_index=Tok("<image>"), vision_feature_layer=-1,
-                 image_grid_pinpoints=[[32, 32]]),
-            ProcessorSpec("LlavaNextProcessor", ("LlavaNextImageProcessor",
-                                                 {"size": {"shortest_edge": 32},
-                                                  "crop_size": {"height": 32, "width": 32},
-                                                  "image_grid_pinpoints": [[32, 32]]}),
-                          kwargs={"patch_size": 8, "vision_feature_select_strategy": "default",
-                                  "num_additional_image_tokens": 1}),
+    ),
+    FamilySpec(
+        "llava", "llava", ("shared", "llava"), LLAMA2_TOK, "LlavaConfig",
+        dict(
+            text_config=dict(model_type="llama", **_text()),
+            vision_config=_tower(model_type="clip_vision_model", num_hidden_layers=2, projection_dim=32),
+            image_token_index=Tok("<image>"),
+            vision_feature_layer=-1,
+            image_seq_length=16,
         ),
-        FamilySpec(
-            "llava_onevision", "llava_onevision", ("shared", "llava_onevision"),
-            TokenizerSpec(style="byte_level", eos="<|im_end|>", pad="<|endoftext|>",
-                          special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                          named={"image_token": "<image>", "video_token": "<video>"}),
-            "LlavaOnevisionConfig",
-            dict(text_config=dict(model_type="qwen2", **_text()), vision_config=dict(model_type="siglip_vision_model",
-                 **_SIGLIP32), image_token_index=Tok("<image>"), video_token_index=Tok("<video>"),
-                 vision_feature_layer=-1, image_grid_pinpoints=[[32, 32]]),
-            ProcessorSpec("LlavaOnevisionProcessor",
-                          ("LlavaOnevisionImageProcessor", {"size": {"height": 32, "width": 32},
-                                                           "image_grid_pinpoints": [[32, 32]]}),
-                          ("LlavaOnevisionVideoProcessor", {"size": {"height": 32, "width": 32}}),
-                          kwargs={"num_image_tokens": 16, "vision_feature_select_strategy": "full"}),
+        ProcessorSpec(
+            "LlavaProcessor", ("CLIPImageProcessor", {"size": {"shortest_edge": 32}, "crop_size": _SQUARE32}),
+            kwargs=_LLAVA_PROC,
         ),
-        FamilySpec(
-            "mllama", "mllama", ("shared", "mllama"),
-            TokenizerSpec(style="byte_level", bos="<|begin_of_text|>", eos="<|eot_id|>",
-                          pad="<|finetune_right_pad_id|>", add_bos=True,
-                          special=(*LLAMA3_TOK.special, "<|image|>")),
-            "MllamaConfig",
-            dict(text_config=_text(cross_attention_layers=[1]),
-                 vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_global_layers=1,
-                                    attention_heads=2, image_size=32, patch_size=8, max_num_tiles=1,
-                                    vision_output_dim=64, intermediate_layers_indices=[0],
-                                    supported_aspect_ratios=[[1, 1]]),
-                 image_token_index=Tok("<|image|>")),
-            ProcessorSpec("MllamaProcessor", ("MllamaImageProcessor",
-                                              {"size": {"height": 32, "width": 32}, "max_image_tiles": 1})),
+    ),
+    FamilySpec(
+        "llava_next", "llava_next", ("trl", "llava_next.jinja"),  # llava-v1.6-mistral: pad is <unk>
+        replace(LLAMA2_TOK, pad="<unk>"),
+        "LlavaNextConfig",
+        dict(
+            text_config=dict(model_type="mistral", **_text()),
+            vision_config=_tower(model_type="clip_vision_model", num_hidden_layers=2, projection_dim=32),
+            image_token_index=Tok("<image>"),
+            vision_feature_layer=-1,
+            image_grid_pinpoints=[[32, 32]],
         ),
-        FamilySpec(
-            "mistral3", "mistral3", ("shared", "mistral3"),
-            TokenizerSpec(style="metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True),
-            "Mistral3Config",
-            dict(text_config=dict(model_type="mistral", **_text()),
-                 vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                    num_attention_heads=2, image_size=32, patch_size=8, head_dim=16),
-                 image_token_index=Tok("[IMG]"), spatial_merge_size=2, vision_feature_layer=-1),
-            ProcessorSpec("PixtralProcessor", ("PixtralImageProcessor",
-                                               {"size": {"longest_edge": 32}, "patch_size": 8}),
-                          kwargs={"patch_size": 8, "spatial_merge_size": 2}),
+        ProcessorSpec(
+            "LlavaNextProcessor",
+            ("LlavaNextImageProcessor", {"size": {"shortest_edge": 32}, "crop_size": _SQUARE32,
+                                         "image_grid_pinpoints": [[32, 32]]}),
+            kwargs=_LLAVA_PROC,
         ),
-        FamilySpec(
-            "internvl", "internvl", ("shared", "internvl"),
-            TokenizerSpec(style="byte_level", eos="<|im_end|>", pad="<|endoftext|>",
-                          special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                          named={"start_image_token": "<img>", "end_image_token": "</img>",
-                                 "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}),
-            "InternVLConfig",
-            dict(text_config=dict(model_type="qwen2", **_text()),
-                 vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                    num_attention_heads=2, image_size=[32, 32], patch_size=[8, 8]),
-                 image_token_id=Tok("<IMG_CONTEXT>"), image_seq_length=4, downsample_ratio=0.5),
-            ProcessorSpec("InternVLProcessor", ("GotOcr2ImageProcessor",
-                                                {"size": {"height": 32, "width": 32}, "crop_to_patches": False}),
-                          ("InternVLVideoProcessor", {"size": {"height": 32, "width": 32}}),
-                          kwargs={"image_seq_length": 4}),
+    ),
+    FamilySpec(
+        "llava_onevision", "llava_onevision", ("shared", "llava_onevision"),
+        TokenizerSpec(
+            "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
+            named={"image_token": "<image>", "video_token": "<video>"},
         ),
-        FamilySpec(
-            "lfm2_vl", "lfm2_vl", ("shared", "lfm2_vl"),
-            TokenizerSpec(style="byte_level", bos="<|startoftext|>", eos="<|im_end|>", pad="<|pad|>", add_bos=True,
-                          special=("<|im_start|>", "<|tool_call_start|>", "<|tool_call_end|>",
-                                   *(f"<|img_row_{r}_col_{c}|>" for r in range(1, 4) for c in range(1, 4))),
-                          named={"image_token": "<image>", "image_start_token": "<|image_start|>",
-                                 "image_end_token": "<|image_end|>", "image_thumbnail_token": "<|img_thumbnail|>"}),
-            "Lfm2VlConfig",
-            dict(text_config=dict(model_type="lfm2", vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  layer_types=["conv", "full_attention"]),
-                 vision_config=dict(model_type="siglip2_vision_model", hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=1, num_attention_heads=2, patch_size=8, num_patches=64),
-                 image_token_id=Tok("<image>"), projector_hidden_size=64, downsample_factor=2),
-            ProcessorSpec("Lfm2VlProcessor", ("Lfm2VlImageProcessor",
-                                              {"encoder_patch_size": 8, "downsample_factor": 2, "do_image_splitting": False,
-                                               "min_image_tokens": 4, "max_image_tokens": 16, "max_num_patches": 64})),
+        "LlavaOnevisionConfig",
+        dict(
+            text_config=dict(model_type="qwen2", **_text()),
+            vision_config=_tower(model_type="siglip_vision_model"),
+            image_token_index=Tok("<image>"),
+            video_token_index=Tok("<video>"),
+            vision_feature_layer=-1,
+            image_grid_pinpoints=[[32, 32]],
         ),
-        # --- text-only families --------------------------------------------------------------------
-        FamilySpec("llama", "llama", ("trl", "llama3_2.jinja"), LLAMA3_TOK, "LlamaConfig", _text()),
-        FamilySpec("qwen2", "qwen2", ("trl", "qwen2_5.jinja"), QWEN_TOK, "Qwen2Config", _text()),
-        FamilySpec("qwen3", "qwen3", ("trl", "qwen3.jinja"), QWEN3_TOK, "Qwen3Config", _text(head_dim=16)),
-        FamilySpec(
-            "phi3", "phi3", ("trl", "phi3.jinja"),
-            TokenizerSpec(style="metaspace", bos="<s>", eos="<|end|>", pad="<|endoftext|>", unk="<unk>",
-                          special=("</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|user|>")),
-            "Phi3Config", _text(),
+        ProcessorSpec(
+            "LlavaOnevisionProcessor",
+            ("LlavaOnevisionImageProcessor", {"size": _SQUARE32, "image_grid_pinpoints": [[32, 32]]}),
+            ("LlavaOnevisionVideoProcessor", {"size": _SQUARE32}),
+            kwargs={"num_image_tokens": 16, "vision_feature_select_strategy": "full"},
         ),
-        FamilySpec(
-            "glm4_moe", "glm4_moe", ("trl", "glm4moe.jinja"),
-            TokenizerSpec(style="byte_level", eos="<|endoftext|>", pad="<|endoftext|>",
-                          special=("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
-                                   "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>"),
-                          plain=("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>",
-                                 "</tool_response>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")),
-            "Glm4MoeConfig",
-            _text(head_dim=16, moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1,
-                  num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1),
+    ),
+    FamilySpec(
+        "mllama", "mllama", ("shared", "mllama"),
+        replace(LLAMA3_TOK, special=(*LLAMA3_TOK.special, "<|image|>")),
+        "MllamaConfig",
+        dict(
+            text_config=_text(cross_attention_layers=[1]),
+            vision_config=_tower(
+                attention_heads=2, num_global_layers=1, max_num_tiles=1, vision_output_dim=64,
+                intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1]],
+            ),
+            image_token_index=Tok("<|image|>"),
         ),
-    )
-}
+        ProcessorSpec("MllamaProcessor", ("MllamaImageProcessor", {"size": _SQUARE32, "max_image_tiles": 1})),
+    ),
+    FamilySpec(
+        "mistral3", "mistral3", ("shared", "mistral3"),  # special_tokens.json adds the tool markers
+        TokenizerSpec(
+            "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
+            special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
+                     "[IMG_END]"),
+        ),
+        "Mistral3Config",
+        dict(
+            text_config=dict(model_type="mistral", **_text()),
+            vision_config=_tower(model_type="pixtral", head_dim=16),
+            image_token_index=Tok("[IMG]"),
+            spatial_merge_size=2,
+            vision_feature_layer=-1,
+        ),
+        ProcessorSpec(
+            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
+            kwargs={"patch_size": 8, "spatial_merge_size": 2},
+        ),
+    ),
+    FamilySpec(
+        "internvl", "internvl", ("shared", "internvl"),
+        TokenizerSpec(
+            "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
+            named={
+                "start_image_token": "<img>",
+                "end_image_token": "</img>",
+                "context_image_token": "<IMG_CONTEXT>",
+                "video_token": "<video>",
+            },
+        ),
+        "InternVLConfig",
+        dict(
+            text_config=dict(model_type="qwen2", **_text()),
+            vision_config=_tower(image_size=[32, 32], patch_size=[8, 8]),
+            image_token_id=Tok("<IMG_CONTEXT>"),
+            image_seq_length=4,
+            downsample_ratio=0.5,
+        ),
+        ProcessorSpec(
+            "InternVLProcessor",
+            # The processor turns tiling on; cap it so a non-square image is <= 2 tiles + a thumbnail.
+            ("GotOcr2ImageProcessor", {"size": _SQUARE32, "max_patches": 2}),
+            ("InternVLVideoProcessor", {"size": _SQUARE32}),
+            kwargs={"image_seq_length": 4},
+        ),
+    ),
+    FamilySpec(
+        "lfm2_vl", "lfm2_vl", ("shared", "lfm2_vl"),
+        TokenizerSpec(
+            "byte_level",
+            bos="<|startoftext|>",
+            eos="<|im_end|>",
+            pad="<|pad|>",
+            add_bos=True,
+            special=("<|im_start|>", "<|tool_call_start|>", "<|tool_call_end|>",
+                     *(f"<|img_row_{r}_col_{c}|>" for r in range(1, 4) for c in range(1, 4))),
+            named={
+                "image_token": "<image>",
+                "image_start_token": "<|image_start|>",
+                "image_end_token": "<|image_end|>",
+                "image_thumbnail_token": "<|img_thumbnail|>",
+            },
+        ),
+        "Lfm2VlConfig",
+        dict(
+            text_config=dict(model_type="lfm2", **_text(layer_types=["conv", "full_attention"])),
+            vision_config=_tower(model_type="siglip2_vision_model", num_patches=64),
+            image_token_id=Tok("<image>"),
+            projector_hidden_size=64,
+            downsample_factor=2,
+        ),
+        ProcessorSpec(
+            "Lfm2VlProcessor",
+            ("Lfm2VlImageProcessor", {"encoder_patch_size": 8, "downsample_factor": 2, "max_num_patches": 64,
+                                      "do_image_splitting": False, "min_image_tokens": 4,
+                                      "max_image_tokens": 16}),
+        ),
+    ),
+    # --- text-only families ----------------------------------------------------------------------
+    FamilySpec("llama", "llama", ("trl", "llama3_2.jinja"), LLAMA3_TOK, "LlamaConfig", _text()),
+    FamilySpec("qwen2", "qwen2", ("trl", "qwen2_5.jinja"), QWEN_TOK, "Qwen2Config", _text()),
+    FamilySpec("qwen3", "qwen3", ("trl", "qwen3.jinja"), QWEN3_TOK, "Qwen3Config", _text(head_dim=16)),
+    FamilySpec(
+        "phi3", "phi3", ("trl", "phi3.jinja"),
+        TokenizerSpec(
+            "metaspace", bos="<s>", eos="<|end|>", pad="<|endoftext|>", unk="<unk>",
+            special=("</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|user|>"),
+        ),
+        "Phi3Config",
+        _text(),
+    ),
+    FamilySpec(
+        "glm4_moe", "glm4_moe", ("trl", "glm4moe.jinja"),
+        TokenizerSpec(
+            "byte_level",
+            eos="<|endoftext|>",
+            pad="<|endoftext|>",
+            special=("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                     "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>"),
+            plain=("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>",
+                   "</tool_response>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
+        ),
+        "Glm4MoeConfig",
+        _text(
+            head_dim=16, moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1,
+            num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1,
+        ),
+    ),
+)  # fmt: skip
+
+FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in _TABLE}

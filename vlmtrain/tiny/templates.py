@@ -46,5 +46,5 @@ def shared_special_tokens(family: str, templates_root: str | Path | None) -> lis
     if not path.is_file():
         return []
     data = json.loads(path.read_text(encoding="utf-8"))
-    found = [data.get("bos"), data.get("eos"), data.get("pad"), *data.get("additional", []), *data.get("stop", [])]
+    found = [data.get(k) for k in ("bos", "eos", "pad")] + data.get("additional", []) + data.get("stop", [])
     return [t for t in found if t]

@@ -10,7 +10,17 @@ from __future__ import annotations
 import json
 import string
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 from .corpus import corpus
@@ -18,11 +28,23 @@ from .specs import TokenizerSpec
 
 VOCAB_SIZE = 1000
 _BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+# The tiktoken-style word split used by Qwen2 (and, up to digit grouping, Llama 3 and GLM).
+_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 
 def _train_byte_level() -> Tokenizer:
+    """Split regex + ByteLevel, as Qwen2Tokenizer rebuilds it on load, so reloads encode identically."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
@@ -38,7 +60,10 @@ def _train_metaspace(unk: str) -> Tokenizer:
     draft.pre_tokenizer = pre
     alphabet = [c for c in string.printable if not c.isspace()] + ["▁", "\n"]
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - 257, initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False
+        vocab_size=VOCAB_SIZE - 257,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
     )
     draft.train_from_iterator(corpus(), trainer=trainer)
     learned = sorted(draft.get_vocab().items(), key=lambda kv: kv[1])
