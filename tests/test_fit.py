@@ -113,7 +113,7 @@ def test_gradient_accumulation_is_the_true_token_mean(qwen_model, shapes, tmp_pa
     from transformers import AutoModelForImageTextToText
 
     from vlmtrain.data.datasets import load_split
-    from vlmtrain.train.fit import make_renderer
+    from vlmtrain.render.load import make_renderer
 
     cfg = _cfg(qwen_model, shapes, tmp_path / "x", "data.train.0.max_rows=4")
     trained = load_split(cfg, make_renderer(cfg), "train")["num_trained"]
@@ -130,7 +130,7 @@ def test_gradient_accumulation_is_the_true_token_mean(qwen_model, shapes, tmp_pa
 
 def test_over_long_rows_are_dropped_and_counted_or_refused(qwen_model, shapes, tmp_path, caplog):
     from vlmtrain.data.datasets import load_split
-    from vlmtrain.train.fit import make_renderer
+    from vlmtrain.render.load import make_renderer
 
     cfg = _cfg(qwen_model, shapes, tmp_path / "long", "data.max_length=60")
     renderer = make_renderer(cfg)

@@ -87,7 +87,7 @@ def fit(
         _fail(str(err))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"steps: {result.steps}  loss: {result.first_loss:.4f} -> {result.final_loss:.4f}  "
-                   f"trained tokens/epoch: {result.trained_tokens}  saved: {result.output_dir}")
+                   f"trained tokens/epoch: {result.trained_tokens_per_epoch}  saved: {result.output_dir}")
 
 
 @app.command()
@@ -115,7 +115,8 @@ def preprocess(
 def inspect_mask(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    rows: Annotated[str, typer.Option(help="Rows to show: 17, 0:5, or 3,8,9.")] = "0:3",
+    rows: Annotated[str | None, typer.Option(help="Rows to show: 17, 0:5, 3,8,9 or all (default 0:3, none "
+                                             "with --summary).")] = None,
     split: Annotated[str, typer.Option(help="train or eval.")] = "train",
     fmt: Annotated[str, typer.Option("--format", help="terminal, json or html.")] = "terminal",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file.")] = None,

@@ -64,6 +64,10 @@ def media_token_ids(family: Family | None, tokenizer: Any, processing_class: Any
             value = getattr(source, attr, None)
             if isinstance(value, int):
                 ids.add(value)
+        for attr in ("image_token_ids", "video_token_ids"):  # all ids of an image (Pixtral's [IMG_BREAK])
+            values = getattr(source, attr, None)
+            if isinstance(values, (list, tuple)):
+                ids.update(v for v in values if isinstance(v, int))
     return np.array(sorted(ids), dtype=np.int64)
 
 

@@ -52,17 +52,38 @@ def _text_parts(message: dict) -> list[str]:
     return []
 
 
+def _shared_tail_len(tail: str, full: str, at: int) -> int:
+    """Length of the longest suffix of ``tail`` that ``full`` continues with at ``at`` (0 if only whitespace).
+
+    Some templates render a message differently when it is the last one: Qwen3 gives the final assistant turn
+    an empty think block, Qwen3 and GLM keep reasoning only after the last user message. A prefix render then
+    diverges from ``full`` inside its last message yet ends with that message's text and closing as ``full``
+    writes them; that shared tail still belongs to the message. A prefix that only appends trailing text
+    (Phi-3's eos after the last turn) shares no such tail.
+    """
+    if not tail or at >= len(full):
+        return 0
+    i = tail.find(full[at], 1)
+    while i >= 0:
+        if full.startswith(tail[i:], at):
+            return len(tail) - i if tail[i:].strip() else 0
+        i = tail.find(full[at], i + 1)
+    return 0
+
+
 def _message_starts(renderer: ChatRenderer, messages: Sequence[dict], full: str, tools: Any) -> list[int]:
     """Character offset in ``full`` where each message's template span starts."""
     starts: list[int] = []
     for k in range(len(messages)):
-        if k == 0:
-            try:
-                start = _common_prefix_len(renderer.render([], tools=tools), full)
-            except Exception:  # some templates index messages[0]; the first span then starts at 0
-                start = 0
-        else:
-            start = _common_prefix_len(renderer.render(messages[:k], tools=tools), full)
+        try:
+            prefix = renderer.render(messages[:k], tools=tools)
+        except Exception:
+            # Some templates cannot render every prefix (messages[0] of an empty list; Llama 3 puts the tools
+            # in the first user message and refuses a prefix without one): message k-1's span joins k's.
+            starts.append(starts[-1] if starts else 0)
+            continue
+        start = _common_prefix_len(prefix, full)
+        start += _shared_tail_len(prefix[start:], full, start)
         starts.append(max(start, starts[-1] if starts else 0))
     return starts
 
@@ -81,9 +102,11 @@ def _content_mask(full: str, starts: list[int], messages: Sequence[dict], tok_st
             if at >= 0:
                 ranges.append((at, at + len(needle)))
                 cursor = at + len(needle)
+    # A token is content when it overlaps the text: " café" / "▁Say" start on the template's space before it.
+    tok_ends = np.append(tok_starts[1:], len(full))
     is_content = np.zeros(len(tok_starts), dtype=bool)
     for lo, hi in ranges:
-        is_content |= (tok_starts >= lo) & (tok_starts < hi)
+        is_content |= (tok_starts < hi) & (tok_ends > lo)
     return is_content
 
 
@@ -138,7 +161,8 @@ def render_row(
             continue
         if role != "assistant":
             content = span[kind[span] == CONTENT]
-            after = span[span > content[-1]] if content.size else span
+            # Without text, look past the span's opening marker: in GLM it is the previous turn's stop.
+            after = span[span > content[-1]] if content.size else span[1:]
             stops = after[is_stop[after]]
             if stops.size:
                 ends_turn[stops[0]] = k

@@ -51,7 +51,10 @@ class ChatRenderer:
             raise ValueError("the model's processor/tokenizer has no chat_template; vlmtrain renders with the model's "
                              "own template only")
         self.date = _dt.datetime.fromisoformat(template_date)
-        self.template_kwargs = {"date_string": self.date.strftime("%d %b %Y")}
+        template = getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template
+        # Only templates that read ``date_string`` get it: processors forward unknown kwargs to __call__.
+        self.template_kwargs = ({"date_string": self.date.strftime("%d %b %Y")}
+                                if isinstance(template, str) and "date_string" in template else {})
 
     def render(self, messages: Sequence[dict], *, add_generation_prompt: bool = False,
                tools: list[dict] | None = None) -> str:
