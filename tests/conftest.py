@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Keep test caches (tiny builds, preprocessed datasets) out of the user's home folder.
+os.environ["VLMTRAIN_HOME"] = tempfile.mkdtemp(prefix="vlmtrain-test-home-")
 
 SHARED_TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates"
 

@@ -1,1 +1,1 @@
-"""Data path: source files -> examples (messages + image paths) -> rendered, masked rows (an Arrow dataset)."""
+"""Data path: source files -> examples (messages + image paths) -> rendered, masked rows (Arrow, cached)."""

@@ -1,4 +1,4 @@
-"""One split's training rows: examples from every source, rendered and masked, with the report logged."""
+"""The rows ``fit`` trains on: one split from the fingerprinted cache, built first when the key is new."""
 
 from __future__ import annotations
 
@@ -7,23 +7,26 @@ from typing import Any
 
 import datasets
 
-from vlmtrain.data.build import build_rows
-from vlmtrain.data.examples import Example, load_examples
+from vlmtrain.data.build import BuildReport, BuildSettings
+from vlmtrain.data.examples import Example
+from vlmtrain.data.prepare import prepare_split, read_examples, split_sources
 from vlmtrain.render.pipeline import MaskedRenderer
 
 log = logging.getLogger("vlmtrain")
 
 
 def split_examples(cfg: Any, split: str) -> list[Example]:
-    sources = cfg.data.train if split == "train" else cfg.data.eval
-    examples: list[Example] = []
-    for source in sources:
-        examples.extend(load_examples(source, cfg.data))
-    return examples
+    """Every valid example of a split, in storage order (bad rows raise or are skipped per on_bad_row)."""
+    sources = split_sources(cfg, split)
+    settings = BuildSettings.from_config(cfg.data, cfg.mask, sources)
+    return read_examples(cfg, sources, settings, BuildReport())
 
 
 def load_split(cfg: Any, renderer: MaskedRenderer, split: str) -> datasets.Dataset:
-    dataset, report = build_rows(split_examples(cfg, split), renderer, cfg.data, cfg.mask)
-    for line in report.lines():
+    """The split's rendered, masked rows via the cache (logs ``cache hit <key>`` when it is reused)."""
+    result = prepare_split(cfg, renderer, split)
+    if result is None or result.dataset is None:
+        raise ValueError(f"data.{split} has no sources")
+    for line in result.report.lines():
         (log.warning if line.startswith("WARNING") else log.info)("%s: %s", split, line)
-    return dataset
+    return result.dataset

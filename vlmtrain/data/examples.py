@@ -1,79 +1,208 @@
-"""Read conversation rows from source files into ``Example``s, with errors that name file and line."""
+"""Validate raw rows and turn them into ``Example``s: normalised messages (or pretraining text) + image paths.
+
+Every problem is a one-line ``DataError`` naming ``file:row`` and the fix. Conversation rows use the HF /
+OpenAI shape: ``content`` is a string or a list of parts; ``{"type": "image"}`` consumes the next entry of
+the images column, and ``{"type": "image", "image": "path"}`` (or ``path``/``url``, or OpenAI's
+``{"type": "image_url", "image_url": {"url": ...}}``) names its file inline. The template always sees a bare
+``{"type": "image"}`` part.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmtrain.data.errors import DataError
+from vlmtrain.data.refs import image_entries, resolve_image_path, store_bytes
+from vlmtrain.data.sources import RawRow
 
-class DataError(ValueError):
-    """Bad input, with a one-line message naming the file and row."""
+__all__ = ["DataError", "Example", "ExampleContext", "example_from_raw", "resolve_image_path"]
+
+BASE_ROLES = ("system", "user", "assistant", "tool")
+_INLINE_KEYS = ("image", "path", "url")
 
 
 @dataclass
 class Example:
+    """One validated row. ``images`` are absolute local paths, in the order the placeholders consume them."""
+
     messages: list[dict]
     images: list[str] = field(default_factory=list)
     tools: list[dict] | None = None
     where: str = ""
+    format: str = "conversations"
+    text: str = ""  # pretrain rows: the raw text with image placeholders
+    source: int = 0
 
 
-def _image_parts(messages: list[dict]) -> int:
-    count = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            count += sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image")
-    return count
+@dataclass(frozen=True)
+class ExampleContext:
+    """What validation needs besides the row: where images live and which roles a row must contain."""
+
+    image_dir: Path | None
+    allow_outside: bool
+    media_dir: Path
+    roles: tuple[str, ...]  # allowed roles
+    required_roles: tuple[str, ...]  # a row must contain one of these (empty: no requirement)
+    source: int = 0
 
 
-def resolve_image_path(raw: str, image_dir: Path, where: str, allow_outside: bool) -> str:
-    """Image paths are relative to the source's image_dir and may not escape it unless allowed."""
-    if "://" in raw:
-        raise DataError(f"{where}: image {raw!r} is a URL; vlmtrain never fetches images, download it first")
-    path = (image_dir / raw).resolve()
-    if not allow_outside and (Path(raw).is_absolute() or not path.is_relative_to(image_dir.resolve())):
-        raise DataError(f"{where}: image path {raw!r} escapes image_dir {str(image_dir)!r}; "
-                        "set data.allow_paths_outside_image_dir: true to allow it")
-    return str(path)
+def context_for(source: Any, index: int, cfg: Any, media_dir: Path) -> ExampleContext:
+    """The validation context of data source ``index`` under this config."""
+    if source.image_dir:
+        image_dir: Path | None = Path(source.image_dir)
+    else:
+        path = Path(str(source.path))
+        image_dir = path.parent if path.is_file() else (path if path.is_dir() else None)
+    extra = [*cfg.mask.roles, *(b.role for b in cfg.mask.get("role_boundaries") or [])]
+    roles = tuple(dict.fromkeys([*BASE_ROLES, *extra]))
+    mode = str(cfg.mask.mode)
+    required = () if mode == "all" else (tuple(cfg.mask.roles) if mode == "roles" else ("assistant",))
+    return ExampleContext(image_dir=image_dir, allow_outside=bool(cfg.data.allow_paths_outside_image_dir),
+                          media_dir=media_dir, roles=roles, required_roles=required, source=index)
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: malformed JSON ({err.msg}); fix or remove the line") from err
-            yield line_no, row
+def _parse_json_cell(value: Any, column: str, where: str) -> Any:
+    """Columns stored as JSON text (vlmtrain's own cache, CSV-like exports) are decoded."""
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: column '{column}' holds malformed JSON ({err.msg}); fix the row",
+                            "malformed JSON") from err
+    return value
 
 
-def example_from_row(row: dict, where: str, source: Any, data_cfg: Any) -> Example:
-    """Validate one conversations row and resolve its images."""
-    messages = row.get(source.messages_column)
+def _image_ref(entry: Any, where: str, ctx: ExampleContext) -> str:
+    """One images-column entry or inline reference (path, or datasets' {"bytes", "path"}) -> local path."""
+    if isinstance(entry, dict):
+        if entry.get("bytes"):
+            return store_bytes(entry["bytes"], ctx.media_dir, entry.get("path"))
+        if isinstance(entry.get("url"), str):  # OpenAI image_url object
+            entry = entry["url"]
+        elif isinstance(entry.get("path"), str):
+            entry = entry["path"]
+    if isinstance(entry, bytes):
+        return store_bytes(entry, ctx.media_dir)
+    if not isinstance(entry, str):
+        raise DataError(f"{where}: an image entry is a {type(entry).__name__}, expected a file path; fix the "
+                        "row", "bad image reference")
+    return resolve_image_path(entry, ctx.image_dir, where, ctx.allow_outside)
+
+
+def _inline_ref(part: dict) -> Any:
+    if part.get("type") == "image_url":
+        return part.get("image_url")
+    return next((part[k] for k in _INLINE_KEYS if part.get(k) is not None), None)
+
+
+def _check_text(value: Any, where: str, k: int, what: str) -> None:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: message {k} {what} is a {type(value).__name__}, not a string; write the "
+                        "text as a string", "non-string text")
+
+
+def _normalise_message(message: Any, k: int, where: str, ctx: ExampleContext,
+                       slots: list[Any]) -> dict:
+    """Validate one message; image parts become {"type": "image"} and append their inline ref (or None)."""
+    if not isinstance(message, dict):
+        raise DataError(f"{where}: message {k} is a {type(message).__name__}, not an object with "
+                        "role/content", "malformed row")
+    role = message.get("role")
+    if role not in ctx.roles:
+        raise DataError(f"{where}: message {k} has unknown role {role!r}; use one of {', '.join(ctx.roles)} "
+                        "(e.g. human->user, gpt->assistant)", "unknown role")
+    content = message.get("content")
+    out = dict(message)
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                part = {"type": "text", "text": part}
+            if not isinstance(part, dict):
+                raise DataError(f"{where}: message {k} has a content part that is a {type(part).__name__}; "
+                                "parts are {\"type\": \"text\"|\"image\", ...} objects", "malformed row")
+            kind = part.get("type", "text" if "text" in part else None)
+            if kind == "text":
+                _check_text(part.get("text"), where, k, "text part")
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind in ("image", "image_url"):
+                slots.append(_inline_ref(part))
+                parts.append({"type": "image"})
+            else:
+                raise DataError(f"{where}: message {k} has a content part of type {kind!r}; vlmtrain "
+                                "supports 'text' and 'image' parts", "unsupported content")
+        out["content"] = parts
+    elif content is None:
+        if not message.get("tool_calls"):
+            raise DataError(f"{where}: message {k} ({role}) has no content; give it text (or tool_calls)",
+                            "non-string text")
+    else:
+        _check_text(content, where, k, "content")
+    return out
+
+
+def _resolve_slots(slots: list[Any], column: list[Any], where: str, ctx: ExampleContext,
+                   images_column: str) -> list[str]:
+    """Pair image parts with files: inline refs first, bare parts consume the images column in order."""
+    paths: list[str] = []
+    remaining = list(column)
+    for n, ref in enumerate(slots, start=1):
+        if ref is None:
+            if not remaining:
+                raise DataError(f"{where}: image part {n} of {len(slots)} has no image left in "
+                                f"'{images_column}' (it lists {len(column)}); add the file to "
+                                f"'{images_column}' or remove the part", "image count mismatch")
+            ref = remaining.pop(0)
+        paths.append(_image_ref(ref, where, ctx))
+    if remaining:
+        raise DataError(f"{where}: '{images_column}' lists {len(column)} image(s) but the messages have "
+                        f"{len(slots)} image part(s) to consume them; add {{\"type\": \"image\"}} parts or "
+                        "remove files", "image count mismatch")
+    return paths
+
+
+def conversation_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
+    """A conversations row -> Example (validated messages, resolved images)."""
+    row, where = raw.row or {}, raw.where
+    messages = _parse_json_cell(row.get(source.messages_column), source.messages_column, where)
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: no '{source.messages_column}' list in the row")
-    image_dir = Path(source.image_dir) if source.image_dir else Path(source.path).parent
-    raw_images = row.get(source.images_column) or []
-    n_parts = _image_parts(messages)
-    if n_parts != len(raw_images):
-        raise DataError(f"{where}: {n_parts} image part(s) in messages but {len(raw_images)} file(s) in "
-                        f"'{source.images_column}'; each {{\"type\": \"image\"}} part consumes the next image")
-    images = [resolve_image_path(str(p), image_dir, where, bool(data_cfg.allow_paths_outside_image_dir))
-              for p in raw_images]
-    return Example(messages=messages, images=images, tools=row.get("tools"), where=where)
+        found = "nothing" if messages is None else f"a {type(messages).__name__}"
+        raise DataError(f"{where}: column '{source.messages_column}' should be a non-empty list of messages, "
+                        f"found {found}; set data.<split>[i].messages_column or format: pretrain",
+                        "malformed row")
+    slots: list[Any] = []
+    normalised = [_normalise_message(m, k, where, ctx, slots) for k, m in enumerate(messages)]
+    if ctx.required_roles and not any(m["role"] in ctx.required_roles for m in normalised):
+        raise DataError(f"{where}: no {'/'.join(ctx.required_roles)} turn, so nothing would be trained; add "
+                        "one, use mask.mode: all, or set data.on_bad_row: skip", "no assistant turn")
+    column = image_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
+    images = _resolve_slots(slots, column, where, ctx, source.images_column)
+    tools = _parse_json_cell(row.get("tools"), "tools", where)
+    if tools is not None and not isinstance(tools, list):
+        raise DataError(f"{where}: 'tools' should be a list of tool schemas", "malformed row")
+    return Example(messages=normalised, images=images, tools=tools or None, where=where, source=ctx.source)
 
 
-def load_examples(source: Any, data_cfg: Any) -> list[Example]:
-    path = Path(source.path)
-    if not path.exists():
-        raise DataError(f"data source not found: {path}")
-    examples = [example_from_row(row, f"{path}:{line_no}", source, data_cfg) for line_no, row in iter_jsonl(path)]
-    if not examples:
-        raise DataError(f"{path}: the file holds no rows")
-    return examples[: source.max_rows] if source.max_rows else examples
+def pretrain_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
+    """A pretraining row ``{"text": "... <image> ...", "images": [...]}`` -> Example (counted at render)."""
+    row, where = raw.row or {}, raw.where
+    text = row.get(source.text_column)
+    if not isinstance(text, str):
+        found = "nothing" if text is None else f"a {type(text).__name__}"
+        raise DataError(f"{where}: column '{source.text_column}' should be a string, found {found}; fix the "
+                        "row or set data.<split>[i].text_column", "non-string text")
+    column = image_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
+    images = [_image_ref(entry, where, ctx) for entry in column]
+    return Example(messages=[], images=images, where=where, format="pretrain", text=text, source=ctx.source)
+
+
+def example_from_raw(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
+    """Validate one raw row of ``source`` (raises the row's DataError)."""
+    if raw.error is not None:
+        raise raw.error
+    if source.format == "pretrain":
+        return pretrain_example(raw, source, ctx)
+    return conversation_example(raw, source, ctx)

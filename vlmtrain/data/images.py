@@ -1,20 +1,125 @@
-"""Open images the way training needs them: RGB, decoded once, with errors naming the row."""
+"""Images as training needs them: validated once, sized from the file, converted to RGB the right way.
+
+Token expansion only needs each image's size, so rendering uses a blank image of that size (the processor's
+token count depends on the size alone); pixels are decoded again at collate time. Every image is still fully
+decoded once when its row is first rendered (and by ``preprocess --check``), because a truncated file has a
+valid header and would otherwise only fail mid-training.
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
 from PIL import Image, ImageOps
 
+from vlmtrain.data.errors import DataError
 
-def open_image(path: str, where: str = "") -> Image.Image:
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+_WHITE = (255, 255, 255)
+
+
+def set_pixel_limit(max_pixels: int | None) -> None:
+    """``data.max_image_pixels`` -> Pillow's decompression-bomb guard (None switches the guard off)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _source(ref: str | bytes) -> str | io.BytesIO:
+    return io.BytesIO(ref) if isinstance(ref, bytes) else ref
+
+
+def _label(ref: str | bytes) -> str:
+    return "embedded image" if isinstance(ref, bytes) else f"image {ref}"
+
+
+def probe_image(ref: str | bytes, where: str, max_pixels: int | None) -> tuple[int, int]:
+    """Fully decode ``ref`` (a path or the file's bytes) once and return its upright (width, height).
+
+    Raises a one-line ``DataError`` for a missing, empty, unreadable, truncated or over-limit image.
+    """
+    set_pixel_limit(max_pixels)
+    label = _label(ref)
+    if isinstance(ref, str):
+        path = Path(ref)
+        if not path.is_file():
+            raise DataError(f"{where}: image file not found: {ref}; add the file or fix the path in the row",
+                            "missing image")
+        if path.stat().st_size == 0:
+            raise DataError(f"{where}: {label} is an empty (0-byte) file; replace it or remove the row",
+                            "unreadable image")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below, as an error
+            with Image.open(_source(ref)) as image:
+                width, height = image.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise DataError(
+                        f"{where}: {label} has {width}x{height} = {width * height} pixels, over "
+                        f"data.max_image_pixels={max_pixels} (Pillow's decompression-bomb guard); downscale "
+                        "it, or raise data.max_image_pixels if you trust the file", "image over pixel limit")
+                image.load()
+                orientation = image.getexif().get(0x0112)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{where}: {label} is over Pillow's decompression-bomb limit ({err}); downscale it, "
+                        "or raise data.max_image_pixels if you trust the file", "image over pixel limit"
+                        ) from err
+    except Exception as err:  # Pillow raises many types for corrupt data
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{where}: {label} cannot be decoded ({message}); it is truncated or not an image: "
+                        "re-export it as PNG/JPEG or remove the row", "unreadable image") from err
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
+def blank_image(size: tuple[int, int]) -> Image.Image:
+    """An RGB image of ``size`` for media expansion: same token count as the real one, no pixel decoding."""
+    return Image.new("RGB", size)
+
+
+def _scale_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit grayscale -> 8-bit, scaling the range (a plain convert clips everything above 255)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or values.max(initial=0) > 255:
+        top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    else:
+        top = 255.0
+    scaled = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: alpha over white, palettes expanded, CMYK and high bit depths mapped.
+
+    Animated images keep their first frame (the one ``Image.open`` decodes).
+    """
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        image = _scale_to_8bit(image)
+    if image.mode in ("RGBa", "La"):
+        image = image.convert("RGBA")
+    if "A" in image.getbands():
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str | bytes, where: str = "") -> Image.Image:
+    """Decode an image for the processor (collate time); errors name the row."""
+    try:
+        with Image.open(_source(path)) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode != "RGB":
-                image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() or image.mode == "P" \
-                    else image.convert("RGB")
-            return image
+            return to_rgb(image)
     except FileNotFoundError as err:
-        raise ValueError(f"{where}: image file not found: {path}") from err
-    except Exception as err:  # PIL raises many types for corrupt files
-        raise ValueError(f"{where}: cannot read image {path}: {err}") from err
+        raise DataError(f"{where}: image file not found: {path}", "missing image") from err
+    except Exception as err:  # Pillow raises many types for corrupt files
+        raise DataError(f"{where}: cannot read {_label(path)}: {err}", "unreadable image") from err

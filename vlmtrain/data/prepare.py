@@ -1,0 +1,131 @@
+"""One split, end to end: read every source, render, apply the row policies, mix, and cache (or just check).
+
+``prepare_split`` is the single entry that ``fit``, ``preprocess`` and ``preprocess --check`` share, so the
+three can never disagree about which rows exist or what they contain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from vlmtrain.data.build import (
+    BuildReport,
+    BuildSettings,
+    apply_policies,
+    examples_dataset,
+    no_rows_message,
+    render_rows,
+)
+from vlmtrain.data.cache import CacheEntry, cache_root, load_or_build
+from vlmtrain.data.errors import DataError
+from vlmtrain.data.examples import Example, context_for, example_from_raw
+from vlmtrain.data.fingerprint import cache_key, key_components
+from vlmtrain.data.images import set_pixel_limit
+from vlmtrain.data.mix import mix_indices
+from vlmtrain.data.sources import iter_rows
+from vlmtrain.render.pipeline import MaskedRenderer
+
+log = logging.getLogger("vlmtrain")
+
+_ALWAYS_FATAL = ("config", "empty source")  # problems of a whole source, not of a row
+
+
+@dataclass
+class SplitResult:
+    """What ``prepare_split`` did: the rows (None for --check), the report, and where the cache is."""
+
+    split: str
+    report: BuildReport
+    dataset: datasets.Dataset | None = None
+    key: str | None = None
+    path: Path | None = None
+    hit: bool = False
+    seconds: float = 0.0
+    sources: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def split_sources(cfg: Any, split: str) -> list[Any]:
+    if split not in ("train", "eval"):
+        raise DataError(f"unknown split {split!r}: use train or eval", "config")
+    return list(cfg.data[split])
+
+
+def read_examples(cfg: Any, sources: list[Any], settings: BuildSettings, report: BuildReport, *,
+                  raise_fatal: bool = True) -> list[Example]:
+    """Validate every raw row of every source; problems are raised or counted per the row policies."""
+    root = cache_root(cfg.data)
+    examples: list[Example] = []
+    for index, source in enumerate(sources):
+        ctx = context_for(source, index, cfg, root / "media")
+        for raw in iter_rows(source, str(root / "hf")):
+            try:
+                examples.append(example_from_raw(raw, source, ctx))
+            except DataError as err:
+                if err.reason in _ALWAYS_FATAL or (raise_fatal and settings.is_fatal(err.reason)):
+                    raise
+                report.drop(err.reason, str(err))
+                report.fatal += settings.is_fatal(err.reason)
+    return examples
+
+
+def build_split(cfg: Any, renderer: MaskedRenderer, sources: list[Any], *, num_proc: int = 1,
+                raise_fatal: bool = True, desc: str = "rendering") -> tuple[datasets.Dataset, BuildReport]:
+    """Read, render, filter and mix one split's sources (nothing written)."""
+    settings = BuildSettings.from_config(cfg.data, cfg.mask, sources)
+    report = BuildReport()
+    examples = read_examples(cfg, sources, settings, report, raise_fatal=raise_fatal)
+    rendered = render_rows(examples_dataset(examples), renderer, settings, num_proc=num_proc,
+                           raise_fatal=raise_fatal, desc=desc)
+    kept = apply_policies(rendered, settings, report)
+    if not len(kept):
+        if raise_fatal:
+            raise DataError(no_rows_message(report), "no rows")
+        return kept, report
+    order = mix_indices(kept["source"], [float(s.weight) for s in sources], int(cfg.data.seed))
+    if len(order) != len(kept) or (order != np.arange(len(kept))).any():
+        kept = kept.select(order)
+        report.kept = len(kept)
+        report.trained_tokens = int(sum(kept["num_trained"]))
+        report.total_tokens = int(sum(kept["length"]))
+    return kept, report
+
+
+def prepare_split(cfg: Any, renderer: MaskedRenderer, split: str, *, num_proc: int = 1,
+                  check: bool = False) -> SplitResult | None:
+    """Build (or load from the cache) one split; with ``check`` validate every row and write nothing."""
+    sources = split_sources(cfg, split)
+    if not sources:
+        return None
+    set_pixel_limit(cfg.data.max_image_pixels)
+    start = time.perf_counter()
+    desc = f"rendering {split}"
+    if check:
+        _, report = build_split(cfg, renderer, sources, num_proc=num_proc, raise_fatal=False, desc=desc)
+        return SplitResult(split, report, seconds=time.perf_counter() - start, sources=len(sources))
+    root = cache_root(cfg.data)
+    components = key_components(cfg, renderer, sources, str(root / "hf"))
+    entry = CacheEntry(root, cache_key(components))
+    built: dict[str, BuildReport] = {}
+
+    def build(_: Path) -> tuple[datasets.Dataset, dict[str, Any]]:
+        dataset, report = build_split(cfg, renderer, sources, num_proc=num_proc, desc=desc)
+        built["report"] = report
+        return dataset, {"split": split, "report": report.to_dict(), "components": components,
+                         "build_seconds": round(time.perf_counter() - start, 3)}
+
+    dataset, meta, hit = load_or_build(entry, build)
+    if hit:
+        log.info("%s: cache hit %s (%s)", split, entry.key, entry.path)
+    else:
+        log.info("%s: built data cache %s (%s)", split, entry.key, entry.path)
+    report = built.get("report") or BuildReport.from_dict(meta.get("report", {}))
+    return SplitResult(split, report, dataset=dataset, key=entry.key, path=entry.path, hit=hit,
+                       seconds=time.perf_counter() - start, sources=len(sources), meta=meta)
