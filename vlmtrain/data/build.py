@@ -135,6 +135,9 @@ class BuildReport:
             out.append(f"WARNING: {self.untrained_stop_turns} assistant turn(s) end with a stop token the "
                        "mask does not train: the model will not learn to stop there "
                        "(see mask.train_on_eos/mode)")
+        if self.turns_without_stop:
+            out.append(f"{self.turns_without_stop} assistant turn(s) have no stop token in the template's text "
+                       "(the template writes none mid-conversation; the final turn gets one appended)")
         return out
 
 

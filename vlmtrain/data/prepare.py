@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,21 +59,30 @@ def split_sources(cfg: Any, split: str) -> list[Any]:
     return list(cfg.data[split])
 
 
-def read_examples(cfg: Any, sources: list[Any], settings: BuildSettings, report: BuildReport, *,
-                  raise_fatal: bool = True) -> list[Example]:
-    """Validate every raw row of every source; problems are raised or counted per the row policies."""
+def validated_rows(cfg: Any, sources: list[Any]) -> Iterator[tuple[str, Example | DataError]]:
+    """Every raw row of every source, in storage order: its validated Example, or the DataError rejecting it."""
     root = cache_root(cfg.data)
-    examples: list[Example] = []
     for index, source in enumerate(sources):
         ctx = context_for(source, index, cfg, root / "media")
         for raw in iter_rows(source, str(root / "hf")):
             try:
-                examples.append(example_from_raw(raw, source, ctx))
+                yield raw.where, example_from_raw(raw, source, ctx)
             except DataError as err:
-                if err.reason in _ALWAYS_FATAL or (raise_fatal and settings.is_fatal(err.reason)):
-                    raise
-                report.drop(err.reason, str(err))
-                report.fatal += settings.is_fatal(err.reason)
+                yield raw.where, err
+
+
+def read_examples(cfg: Any, sources: list[Any], settings: BuildSettings, report: BuildReport, *,
+                  raise_fatal: bool = True) -> list[Example]:
+    """Validate every raw row of every source; problems are raised or counted per the row policies."""
+    examples: list[Example] = []
+    for _, item in validated_rows(cfg, sources):
+        if isinstance(item, Example):
+            examples.append(item)
+            continue
+        if item.reason in _ALWAYS_FATAL or (raise_fatal and settings.is_fatal(item.reason)):
+            raise item
+        report.drop(item.reason, str(item))
+        report.fatal += settings.is_fatal(item.reason)
     return examples
 
 

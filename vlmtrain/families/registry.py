@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from vlmtrain.families.family import Family
 
-_QWEN_VL_MEDIA = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_VL_STYLE = dict(
+    stop_tokens=("<|im_end|>",),
+    media_tokens=("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"),
+    image_placeholder="<|image_pad|>",
+    extra_inputs=("mm_token_type_ids",),
+    vision_tower=("model.visual",),
+    projector=("model.visual.merger",),
+    language_model=("model.language_model",),
+)
+_QWEN_DEFAULT_SYSTEM = ("template adds a default system turn when none is given",)
 _LLAVA_STYLE = dict(
     vision_tower=("model.vision_tower",),
     projector=("model.multi_modal_projector",),
@@ -27,40 +36,12 @@ _TEXT_ONLY = dict(is_vlm=False, language_model=("model",))
 
 FAMILIES: tuple[Family, ...] = (
     # --- vision-language models -------------------------------------------------------------------------
-    Family(
-        name="qwen2_vl",
-        model_types=("qwen2_vl",),
-        stop_tokens=("<|im_end|>",),
-        media_tokens=_QWEN_VL_MEDIA,
-        image_placeholder="<|image_pad|>",
-        extra_inputs=("mm_token_type_ids",),
-        vision_tower=("model.visual",),
-        projector=("model.visual.merger",),
-        language_model=("model.language_model",),
-        quirks=("template adds a default system turn when none is given",),
-    ),
-    Family(
-        name="qwen2_5_vl",
-        model_types=("qwen2_5_vl",),
-        stop_tokens=("<|im_end|>",),
-        media_tokens=_QWEN_VL_MEDIA,
-        image_placeholder="<|image_pad|>",
-        extra_inputs=("mm_token_type_ids",),
-        vision_tower=("model.visual",),
-        projector=("model.visual.merger",),
-        language_model=("model.language_model",),
-        quirks=("template adds a default system turn when none is given",),
-    ),
+    Family(name="qwen2_vl", model_types=("qwen2_vl",), quirks=_QWEN_DEFAULT_SYSTEM, **_QWEN_VL_STYLE),
+    Family(name="qwen2_5_vl", model_types=("qwen2_5_vl",), quirks=_QWEN_DEFAULT_SYSTEM, **_QWEN_VL_STYLE),
     Family(
         name="qwen3_vl",
         model_types=("qwen3_vl", "qwen3_vl_moe"),
-        stop_tokens=("<|im_end|>",),
-        media_tokens=_QWEN_VL_MEDIA,
-        image_placeholder="<|image_pad|>",
-        extra_inputs=("mm_token_type_ids",),
-        vision_tower=("model.visual",),
-        projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
-        language_model=("model.language_model",),
+        **{**_QWEN_VL_STYLE, "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
     ),
     Family(name="idefics3", model_types=("idefics3",), **_IDEFICS_STYLE),
     Family(name="smolvlm", model_types=("smolvlm",), **_IDEFICS_STYLE),
