@@ -11,6 +11,7 @@ from vlmtrain.data.images import open_image
 from vlmtrain.render.chat import ChatRenderer
 
 IGNORE = -100
+COLLATOR_COLUMNS = ("where", "text", "images", "input_ids", "loss_mask")
 
 
 class StaleRowError(RuntimeError):

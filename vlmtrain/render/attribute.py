@@ -193,6 +193,27 @@ def render_row(
     return row
 
 
+def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
+    """For each expanded id, the index of the plain id it is (-1 where the processor inserted it).
+
+    The common prefix and suffix are matched with numpy; only the stretch between the first and the last
+    image goes through difflib, which keeps the Python-level diff to a few dozen tokens per row.
+    """
+    source = np.full(len(expanded), -1, dtype=np.int64)
+    n = min(len(plain), len(expanded))
+    differs = np.flatnonzero(plain[:n] != expanded[:n])
+    head = int(differs[0]) if differs.size else n
+    differs = np.flatnonzero(plain[::-1][:n - head] != expanded[::-1][:n - head])
+    tail = int(differs[0]) if differs.size else n - head
+    source[:head] = np.arange(head)
+    if tail:
+        source[len(expanded) - tail:] = np.arange(len(plain) - tail, len(plain))
+    a, b = plain[head:len(plain) - tail].tolist(), expanded[head:len(expanded) - tail].tolist()
+    for block in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
+        source[head + block.b:head + block.b + block.size] = np.arange(head + block.a, head + block.a + block.size)
+    return source
+
+
 def _expand_media(row: RenderedRow, renderer: ChatRenderer, images: list[Any]) -> RenderedRow:
     """Run the processor (which expands each image placeholder) and carry attribution over to its ids.
 
@@ -203,10 +224,7 @@ def _expand_media(row: RenderedRow, renderer: ChatRenderer, images: list[Any]) -
     expanded = np.asarray(encoded["input_ids"][0], dtype=np.int64)
     if np.array_equal(expanded, row.input_ids):
         return row
-    source = np.full(len(expanded), -1, dtype=np.int64)
-    matcher = SequenceMatcher(None, row.input_ids.tolist(), expanded.tolist(), autojunk=False)
-    for block in matcher.get_matching_blocks():
-        source[block.b:block.b + block.size] = np.arange(block.a, block.a + block.size)
+    source = _align(row.input_ids, expanded)
     # Inserted tokens inherit the message of the nearest preceding mapped token.
     filled = np.maximum.accumulate(np.where(source >= 0, np.arange(len(source)), -1))
     anchor = np.where(filled >= 0, source[np.maximum(filled, 0)], -1)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmtrain.collate import CompletionOnlyCollator
+from vlmtrain.collate import COLLATOR_COLUMNS, CompletionOnlyCollator
 from vlmtrain.render.load import make_renderer
 from vlmtrain.train.model import apply_freeze, attach_adapter, load_model, parameter_summary
 from vlmtrain.train.trainer import VlmSFTTrainer, sft_config
@@ -33,8 +33,12 @@ def fit(cfg: Any) -> FitResult:
 
     materialize(cfg)
     renderer = make_renderer(cfg)
-    train_dataset = load_split(cfg, renderer, "train")
-    eval_dataset = load_split(cfg, renderer, "eval") if cfg.data.eval else None
+    train_rows = load_split(cfg, renderer, "train")
+    trained_per_epoch = int(sum(train_rows["num_trained"]))
+    # The trainer reads whole rows: hand it only what the collator uses, not the attribution columns.
+    train_dataset = train_rows.select_columns(list(COLLATOR_COLUMNS))
+    eval_dataset = (load_split(cfg, renderer, "eval").select_columns(list(COLLATOR_COLUMNS))
+                    if cfg.data.eval else None)
 
     training = OmegaConf.to_container(cfg.training, resolve=True)
     args = sft_config(training)
@@ -69,7 +73,7 @@ def fit(cfg: Any) -> FitResult:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = FitResult(steps=output.global_step, first_loss=losses[0] if losses else math.nan,
                        final_loss=losses[-1] if losses else math.nan,
-                       trained_tokens_per_epoch=int(sum(train_dataset["num_trained"])),
+                       trained_tokens_per_epoch=trained_per_epoch,
                        output_dir=out_dir)
     if trainer.is_world_process_zero():
         log.info("done: %d steps, loss %.4f -> %.4f, %d trained tokens per epoch, saved to %s", result.steps,
