@@ -193,11 +193,20 @@ def render_row(
     return row
 
 
+def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encoding: (value, start, length) of each run of equal ids."""
+    if not len(ids):
+        return ids, ids, ids
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return ids[starts], starts, np.diff(np.r_[starts, len(ids)])
+
+
 def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
     """For each expanded id, the index of the plain id it is (-1 where the processor inserted it).
 
-    The common prefix and suffix are matched with numpy; only the stretch between the first and the last
-    image goes through difflib, which keeps the Python-level diff to a few dozen tokens per row.
+    The common prefix and suffix are matched with numpy. The stretch between the first and the last image is
+    diffed run-length encoded, so an image's hundreds of repeated media ids are one element and the diff stays
+    linear in the number of images.
     """
     source = np.full(len(expanded), -1, dtype=np.int64)
     n = min(len(plain), len(expanded))
@@ -208,9 +217,16 @@ def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
     source[:head] = np.arange(head)
     if tail:
         source[len(expanded) - tail:] = np.arange(len(plain) - tail, len(plain))
-    a, b = plain[head:len(plain) - tail].tolist(), expanded[head:len(expanded) - tail].tolist()
-    for block in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
-        source[head + block.b:head + block.b + block.size] = np.arange(head + block.a, head + block.a + block.size)
+    a_vals, a_starts, a_lens = _runs(plain[head:len(plain) - tail])
+    b_vals, b_starts, b_lens = _runs(expanded[head:len(expanded) - tail])
+    blocks = [m for m in SequenceMatcher(None, a_vals.tolist(), b_vals.tolist(), autojunk=False)
+              .get_matching_blocks() if m.size]
+    if blocks:
+        ra = np.concatenate([np.arange(m.a, m.a + m.size) for m in blocks])
+        rb = np.concatenate([np.arange(m.b, m.b + m.size) for m in blocks])
+        count = np.minimum(a_lens[ra], b_lens[rb])  # a matched run keeps its shorter length; the rest is inserted
+        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+        source[head + np.repeat(b_starts[rb], count) + within] = head + np.repeat(a_starts[ra], count) + within
     return source
 
 
