@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +69,9 @@ def fit(cfg: Any) -> FitResult:
             merged = trainer.model.merge_and_unload()
             merged.save_pretrained(out_dir / "merged")
             renderer.renderer.processing_class.save_pretrained(out_dir / "merged")
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = FitResult(steps=output.global_step, first_loss=losses[0] if losses else math.nan,
-                       final_loss=losses[-1] if losses else math.nan,
+    # Logged losses (every logging_steps); the run's mean loss when no step was logged.
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [output.training_loss]
+    result = FitResult(steps=output.global_step, first_loss=losses[0], final_loss=losses[-1],
                        trained_tokens_per_epoch=trained_per_epoch,
                        output_dir=out_dir)
     if trainer.is_world_process_zero():
