@@ -11,7 +11,6 @@ writes them) are stated in ``CASES`` and checked against the registry.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import logging
 import re
@@ -251,8 +250,6 @@ def families(tiny_dir) -> Callable[[str], Family]:
     loaded: dict[str, Family] = {}
 
     def get(name: str) -> Family:
-        if name == "smolvlm" and importlib.util.find_spec("num2words") is None:
-            pytest.skip("SmolVLMProcessor needs the num2words package")
         if name not in loaded:
             path = tiny_dir(name)
             auto = AutoProcessor if lookup(name).is_vlm else AutoTokenizer
