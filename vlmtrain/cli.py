@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -174,6 +173,3 @@ def version() -> None:
             parts.append(f"{name} missing")
     typer.echo("  ".join(parts))
 
-
-def main() -> None:  # pragma: no cover - console entry
-    app(sys.argv[1:])

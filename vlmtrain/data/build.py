@@ -283,17 +283,6 @@ def apply_policies(rendered: datasets.Dataset, settings: BuildSettings, report: 
     return kept.remove_columns(list(INTERNAL))
 
 
-def build_rows(examples: Iterable[Example], renderer: MaskedRenderer, data_cfg: Any, mask_cfg: Any
-               ) -> tuple[datasets.Dataset, BuildReport]:
-    """Render examples in memory under the config's policies (no cache; raises on a fatal problem)."""
-    settings = BuildSettings.from_config(data_cfg, mask_cfg)
-    report = BuildReport()
-    kept = apply_policies(render_rows(examples_dataset(examples), renderer, settings), settings, report)
-    if not len(kept):
-        raise DataError(no_rows_message(report), "no rows")
-    return kept, report
-
-
 def no_rows_message(report: BuildReport) -> str:
     reasons = ", ".join(f"{r}: {c}" for r, c in sorted(report.dropped.items())) or "the sources are empty"
     return (f"no usable rows: every row was dropped ({reasons}); run `vlmtrain preprocess --check` to list "

@@ -7,19 +7,10 @@ from typing import Any
 
 import datasets
 
-from vlmtrain.data.build import BuildReport, BuildSettings
-from vlmtrain.data.examples import Example
-from vlmtrain.data.prepare import prepare_split, read_examples, split_sources
+from vlmtrain.data.prepare import prepare_split
 from vlmtrain.render.pipeline import MaskedRenderer
 
 log = logging.getLogger("vlmtrain")
-
-
-def split_examples(cfg: Any, split: str) -> list[Example]:
-    """Every valid example of a split, in storage order (bad rows raise or are skipped per on_bad_row)."""
-    sources = split_sources(cfg, split)
-    settings = BuildSettings.from_config(cfg.data, cfg.mask, sources)
-    return read_examples(cfg, sources, settings, BuildReport())
 
 
 def load_split(cfg: Any, renderer: MaskedRenderer, split: str) -> datasets.Dataset:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmtrain.render.rendered import NO_MESSAGE, RenderedRow
+from vlmtrain.render.rendered import RenderedRow
 
 
 class EmptyMaskError(ValueError):
@@ -46,4 +46,4 @@ def require_trained_tokens(mask: np.ndarray, where: str) -> None:
         )
 
 
-__all__ = ["NO_MESSAGE", "EmptyMaskError", "MaskIssues", "find_issues", "require_trained_tokens"]
+__all__ = ["EmptyMaskError", "MaskIssues", "find_issues", "require_trained_tokens"]
