@@ -57,7 +57,7 @@ def raw_breakdown(renderer: Any, collator: Any, exs: list[Any], settings: Any
         def get_matching_blocks(self) -> Any:
             with common.timer(align, "difflib"):
                 return super().get_matching_blocks()
-    chat = renderer.renderer
+    chat = renderer.chat
     state = {"in_row": False, "renders": 0, "inner": 0.0}
 
     def timed(key: str | Callable[[], str], fn: Callable[..., Any], *, in_row: bool = False,
@@ -179,8 +179,8 @@ def main() -> None:
     table = trl_table(rows, folder)  # one source of weight 1 keeps storage order: batches match row for row
     exs = common.examples(rows, folder)
     settings = BuildSettings.from_config(cfg.data, cfg.mask)
-    ours = CompletionOnlyCollator(renderer.renderer, renderer.media_ids)
-    theirs = DataCollatorForVisionLanguageModeling(renderer.renderer.processing_class)
+    ours = CompletionOnlyCollator(renderer.chat, renderer.media_ids)
+    theirs = DataCollatorForVisionLanguageModeling(renderer.chat.processing_class)
     batches = _batches(len(rows))
 
     a, b = ours(cached.__getitems__(batches[0])), theirs(table.__getitems__(batches[0]))

@@ -74,7 +74,7 @@ def measure(rows: list[dict[str, Any]], folder: Path, model_dir: Path, renderer:
         result = common.prepare(cfg, renderer)
         prep = time.perf_counter() - start
     table = common.trainer_rows(result.dataset)
-    collator = CompletionOnlyCollator(renderer.renderer, renderer.media_ids)
+    collator = CompletionOnlyCollator(renderer.chat, renderer.media_ids)
     collator(table.__getitems__(list(range(min(len(table), BATCH)))))  # steady state: first-batch costs out
     with clean_heap():
         start = time.perf_counter()

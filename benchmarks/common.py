@@ -69,7 +69,7 @@ def make_renderer(model_dir: Path, *overrides: str) -> Any:
     from vlmtrain.config import load_config
 
     try:
-        from vlmtrain.render.load import make_renderer as _make
+        from vlmtrain.mask.pipeline import make_renderer as _make
     except ImportError:  # before it moved out of train/fit.py
         from vlmtrain.train.fit import make_renderer as _make
 
@@ -187,7 +187,7 @@ def trainer_rows(dataset: Any) -> Any:
 
 def prepare(cfg: Any, renderer: Any, *, num_proc: int = 1) -> Any:
     """vlmtrain's preprocess of the train split (fingerprinted cache); the SplitResult."""
-    from vlmtrain.data.prepare import prepare_split
+    from vlmtrain.data.split import prepare_split
 
     return prepare_split(cfg, renderer, "train", num_proc=num_proc)
 

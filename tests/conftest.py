@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["VLMTRAIN_HOME"] = tempfile.mkdtemp(prefix="vlmtrain-test-home-")
 
 SHARED_TEMPLATES = Path(__file__).resolve().parents[2] / "shared" / "templates"
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def in_ci() -> bool:
+    """CI sets ``CI=true`` (``.ci/run``, GitHub Actions, GitLab); there nothing optional may skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """The headless browser of the HTML test: required in CI, where ``make test`` installs it; skipped elsewhere.
+
+    Outside CI ``make test`` installs nothing (no apt, no sudo on a laptop), so a missing browser is a skip
+    that says how to get it; in CI it is a failure, never a skip.
+    """
+    found = next((p for name in CHROMIUM_NAMES if (p := shutil.which(name))), None)
+    if found:
+        return Path(found)
+    if in_ci():
+        pytest.fail("chromium is not installed, and CI requires the browser test: `make test` runs "
+                    "tests/setup_chromium.sh when CI is set; check that step's output")
+    pytest.skip("chromium is not installed: run `bash tests/setup_chromium.sh` as root (it installs Debian's "
+                "chromium), then rerun the tests")
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +59,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return path
 
     return get
+
+
+def media_of(images: list | None) -> list:
+    """In-memory images as the probed media items rendering takes (rendering needs only their sizes)."""
+    from vlmtrain.media import MediaItem
+
+    return [MediaItem("image", f"<in-memory {i}>", *image.size) for i, image in enumerate(images or [])]

@@ -4,31 +4,38 @@ processor produce, and the loss trains exactly the tokens the model samples at i
 Each family's tiny build carries its real chat template. Expected values are derived here from the template
 (``apply_chat_template``) and the messages only: the generation prompt the inference engine feeds before an
 assistant turn, the first stop token the engine stops on, and the message texts. Nothing is copied from the
-code under test. The per-family facts the test relies on (which strings stop generation, where the template
-writes them) are stated in ``CASES`` and checked against the registry.
+code under test. Cases are discovered from the registry: every ``verified`` family, built from its tiny spec
+(``vlmtrain/tiny/specs.py``). The facts the test relies on are taken the way a real hub model gives them and
+then checked against the registry: the strings that stop generation from the build's ``generation_config.json``
+(``eos_token_id``), and where the template writes them by rendering a two-turn chat. The spec's
+``TemplateTraits`` only say which conversations the template accepts (content form, tools, refused shapes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
 import numpy as np
 import pytest
+from conftest import media_of
 from omegaconf import OmegaConf
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer, GenerationConfig
+from transformers.utils import chat_template_utils
 
 from vlmtrain.families import FAMILIES, lookup
-from vlmtrain.mask import find_issues
-from vlmtrain.render import MaskedRenderer, RenderedRow
-from vlmtrain.render.chat import pinned_clock
+from vlmtrain.mask import MaskedRenderer, find_issues
+from vlmtrain.render import MaskedRow
+from vlmtrain.tiny.schema import TemplateTraits
+from vlmtrain.tiny.specs import FAMILIES as TINY_SPECS
 
 TEMPLATE_DATE = "2025-03-14"
 DATE = dt.datetime.fromisoformat(TEMPLATE_DATE)
@@ -37,51 +44,30 @@ EOS_MODES = ("turn", "all", "last", "none")
 SENTINEL = "zqxsentinel"
 
 
-@dataclass(frozen=True)
-class Case:
-    """What a family's template does, stated independently of the registry.
-
-    ``stops``: strings that end an assistant turn at inference. ``placement``: where the template writes them
-    (``in_turn``; ``next_turn``: they open the next message; ``absent``: never). ``system``: the content form
-    the template reads for a system message. ``raises``: conversation shapes the template itself refuses.
-    ``history_rewrites``: the template renders an assistant turn differently once a later user turn exists
-    (it drops the reasoning); ``reasoning``: it reads ``reasoning_content``.
-    """
-
-    stops: tuple[str, ...]
-    placement: str = "in_turn"
-    system: str = "list"
-    tools: bool = False
-    raises: dict[str, str] = field(default_factory=dict)
-    history_rewrites: bool = False
-    reasoning: bool = False
+class _PinnedDatetime(dt.datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> dt.datetime:  # noqa: D102
+        return DATE
 
 
-_ALTERNATE = {"alternation": "alternate"}
-CASES: dict[str, Case] = {
-    "qwen2_vl": Case(("<|im_end|>",)),
-    "qwen2_5_vl": Case(("<|im_end|>",)),
-    "qwen3_vl": Case(("<|im_end|>",), tools=True),
-    "idefics3": Case(("<end_of_utterance>",)),
-    "smolvlm": Case(("<end_of_utterance>",)),
-    "gemma3": Case(("<end_of_turn>",), raises=_ALTERNATE),
-    "llava": Case(("</s>",), placement="absent"),
-    "llava_next": Case(("</s>",)),
-    "llava_onevision": Case(("<|im_end|>",)),
-    "mllama": Case(("<|eot_id|>",), system="str"),
-    # Mistral-Small-3.1's alternation check never fires: it builds the checked list inside a loop scope.
-    "mistral3": Case(("</s>",)),
-    "internvl": Case(("<|im_end|>",)),
-    "lfm2_vl": Case(("<|im_end|>",), tools=True),
-    "llama": Case(("<|eot_id|>", "<|eom_id|>"), tools=True,
-                  raises={"parallel_tools": "single tool-calls"}),
-    "qwen2": Case(("<|im_end|>",), tools=True),
-    "qwen3": Case(("<|im_end|>",), tools=True, history_rewrites=True, reasoning=True),
-    "phi3": Case(("<|end|>",)),
-    "glm4_moe": Case(("<|user|>", "<|observation|>"), placement="next_turn", tools=True, history_rewrites=True,
-                     reasoning=True),
-}
+@contextlib.contextmanager
+def pinned_clock(_: dt.datetime) -> Iterator[None]:
+    """The oracle pins the clock the way transformers exposes it (the ``datetime`` its ``strftime_now`` template
+    global reads), independently of how vlmtrain pins it (template variables)."""
+    original = chat_template_utils.datetime
+    chat_template_utils.datetime = _PinnedDatetime
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = original
+
+
 VERIFIED = [f.name for f in FAMILIES if f.verified]
+CONFORMING = [name for name in VERIFIED if name in TINY_SPECS]  # the rest fail test_every_verified_family_...
+
+
+def traits(family: str) -> TemplateTraits:
+    return TINY_SPECS[family].traits
 
 TOOLS = [{
     "type": "function",
@@ -113,8 +99,8 @@ def _call(city: str) -> dict:
 class _Builder:
     """Writes messages in the content form a family's template reads (parts for VLMs, strings for text)."""
 
-    def __init__(self, vlm: bool, case: Case) -> None:
-        self.vlm, self.case, self.images = vlm, case, []
+    def __init__(self, vlm: bool, traits: TemplateTraits) -> None:
+        self.vlm, self.traits, self.images = vlm, traits, []
 
     def user(self, *parts: str | None) -> dict:
         """``None`` is an image."""
@@ -134,7 +120,7 @@ class _Builder:
         return {"role": "assistant", "content": content}
 
     def system(self, text: str) -> dict:
-        content = [{"type": "text", "text": text}] if self.vlm and self.case.system == "list" else text
+        content = [{"type": "text", "text": text}] if self.vlm and self.traits.system == "list" else text
         return {"role": "system", "content": content}
 
     def conv(self, messages: list[dict], tools: list[dict] | None = None) -> Conv:
@@ -146,7 +132,7 @@ def _tool_turn(calls: list[dict]) -> dict:
 
 
 def build_conv(name: str, family: str) -> Conv:
-    b = _Builder(lookup(family).is_vlm, CASES[family])
+    b = _Builder(lookup(family).is_vlm, traits(family))
     u, a, s = b.user, b.assistant, b.system
     img = None
     if name == "single":
@@ -189,27 +175,37 @@ def _applies(family: str, shape: str) -> bool:
     if shape in VLM_ONLY and not lookup(family).is_vlm:
         return False
     if shape == "reasoning":
-        return family in CASES and CASES[family].reasoning
-    return shape not in TOOL_SHAPES or CASES[family].tools
+        return traits(family).reasoning
+    return shape not in TOOL_SHAPES or traits(family).tools
 
 
 def _refused(family: str, shape: str) -> bool:
-    return family in CASES and shape in CASES[family].raises
+    return shape in traits(family).refuses
 
 
-RENDERABLE = [(f, s) for f in VERIFIED for s in SHAPES if _applies(f, s) and not _refused(f, s)]
-REFUSED = [(f, s) for f in VERIFIED for s in SHAPES if _applies(f, s) and _refused(f, s)]
+RENDERABLE = [(f, s) for f in CONFORMING for s in SHAPES if _applies(f, s) and not _refused(f, s)]
+REFUSED = [(f, s) for f in CONFORMING for s in SHAPES if _applies(f, s) and _refused(f, s)]
 
 
 # --- loading and rendering (once per session) ------------------------------------------------------------
 
 @dataclass
 class Family:
+    """A tiny build loaded like a hub model, with the stop facts read from it (not from the registry).
+
+    ``stops``: the generation_config's ``eos_token_id`` as strings. ``placement``, ``final_stop``: where the
+    template writes the stop that ends an answer and which one, from ``stop_facts``; ``final_stop`` is what
+    vlmtrain must append after a final answer the template leaves without one.
+    """
+
     name: str
-    case: Case
+    traits: TemplateTraits
     processing_class: Any
     tokenizer: Any
     model_type: str
+    stops: tuple[str, ...] = ()
+    placement: str = ""
+    final_stop: str = ""
     renderers: dict[tuple, MaskedRenderer] = field(default_factory=dict)
 
     def renderer(self, mode: str = "sampled", roles: tuple[str, ...] = ("assistant",),
@@ -245,6 +241,35 @@ class Family:
         return self.tokenizer.convert_tokens_to_ids(token)
 
 
+def generation_stops(path: Any, tokenizer: Any) -> tuple[str, ...]:
+    """The stop strings an inference engine uses: ``generation_config.json``'s ``eos_token_id``."""
+    eos = GenerationConfig.from_pretrained(path).eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    assert ids, f"{path}: generation_config.json lists no eos_token_id"
+    return tuple(tokenizer.convert_ids_to_tokens(ids))
+
+
+def stop_facts(fam: Family) -> tuple[str, str]:
+    """(placement, stop) from a rendered two-turn chat: where the template writes the stop after an answer.
+
+    ``in_turn``: the conversation ending with the answer already holds a stop after it; ``next_turn``: only
+    the next message writes one, before its text; ``absent``: neither does, and the stop vlmtrain must append
+    is the tokenizer's eos.
+    """
+    b = _Builder(lookup(fam.name).is_vlm, fam.traits)
+    msgs = [b.user("Say hello."), b.assistant("Hello there."), b.user("Say bye."), b.assistant("Bye now.")]
+    prompt = fam.render_text(msgs[:1], generation_prompt=True)
+    alone, full = fam.render_text(msgs[:2]), fam.render_text(msgs)
+    answer_end = alone.index("Hello there.", len(prompt)) + len("Hello there.")
+    if hit := _first_stop(alone, answer_end, None, fam.stops):
+        return "in_turn", hit[1]
+    answer_end = full.index("Hello there.", len(prompt)) + len("Hello there.")
+    if hit := _first_stop(full, answer_end, full.index("Say bye.", answer_end), fam.stops):
+        return "next_turn", hit[1]
+    assert fam.tokenizer.eos_token in fam.stops, "the template writes no stop: the engine must stop on eos"
+    return "absent", fam.tokenizer.eos_token
+
+
 @pytest.fixture(scope="session")
 def families(tiny_dir) -> Callable[[str], Family]:
     loaded: dict[str, Family] = {}
@@ -255,7 +280,10 @@ def families(tiny_dir) -> Callable[[str], Family]:
             auto = AutoProcessor if lookup(name).is_vlm else AutoTokenizer
             pc = auto.from_pretrained(path)
             model_type = json.loads((path / "config.json").read_text())["model_type"]
-            loaded[name] = Family(name, CASES[name], pc, getattr(pc, "tokenizer", pc), model_type)
+            tokenizer = getattr(pc, "tokenizer", pc)
+            fam = Family(name, traits(name), pc, tokenizer, model_type, generation_stops(path, tokenizer))
+            fam.placement, fam.final_stop = stop_facts(fam)
+            loaded[name] = fam
         return loaded[name]
 
     return get
@@ -286,7 +314,7 @@ class Expected:
 class Rendered:
     fam: Family
     conv: Conv
-    row: RenderedRow
+    row: MaskedRow
     reference: list[int]
     expected: Expected
 
@@ -340,7 +368,7 @@ def _try_render(fam: Family, messages: list[dict], **kw: Any) -> str | None:
 
 
 def expected_for(fam: Family, conv: Conv) -> Expected:
-    case, msgs, tools = fam.case, conv.messages, conv.tools
+    stop_strings, placement, msgs, tools = fam.stops, fam.placement, conv.messages, conv.tools
     full = fam.render_text(msgs, tools=tools)
     roles = [m["role"] for m in msgs]
     final = len(msgs) - 1
@@ -355,15 +383,15 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
             prompt = fam.render_text(msgs[:k], generation_prompt=True, tools=tools)
             assert full.startswith(prompt), f"turn {k}: generation prompt is not a prefix of the conversation"
             start = len(prompt)
-            hit = _first_stop(full, start, None, case.stops)
-            if k == final and case.placement != "in_turn":
+            hit = _first_stop(full, start, None, stop_strings)
+            if k == final and placement != "in_turn":
                 assert hit is None, "the template was expected to write no stop after the final answer"
                 end = len(full.rstrip())
                 bodies[k] = (start, end)
-                appended = case.stops[0]
+                appended = fam.final_stop
                 stops.append(Stop(end, end, appended, k, "assistant", "assistant"))
                 in_context = full[start:end] + appended
-            elif case.placement == "absent":
+            elif placement == "absent":
                 end = len(fam.render_text(msgs[:k + 1], tools=tools).rstrip())
                 assert hit is None or hit[0] >= end
                 bodies[k] = (start, end)
@@ -372,19 +400,19 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
                 assert hit is not None, f"turn {k}: no stop token after the answer"
                 at, stop = hit
                 bodies[k] = (start, at)
-                holder = roles[k + 1] if case.placement == "next_turn" else "assistant"
+                holder = roles[k + 1] if placement == "next_turn" else "assistant"
                 stops.append(Stop(at, at + len(stop), stop, k, "assistant", holder))
                 in_context = full[start:at + len(stop)]
             # The same expectation from the prefix render alone: render(messages[:k+1]) minus the generation
             # prompt, cut after the first stop (GLM: plus the stop that opens the next message).
             alone = fam.render_text(msgs[:k + 1], tools=tools)
             assert alone.startswith(prompt)
-            by_prefix = _cut_after_stop(alone[len(prompt):], case.stops)
-            if case.placement == "next_turn" and k < final:
+            by_prefix = _cut_after_stop(alone[len(prompt):], stop_strings)
+            if placement == "next_turn" and k < final:
                 by_prefix += stops[-1].text
             if k == final and appended:
                 by_prefix += appended
-            if case.history_rewrites and k < final and by_prefix != in_context:
+            if fam.traits.history_rewrites and k < final and by_prefix != in_context:
                 # Qwen3 and GLM write the reasoning only after the last user turn: history drops it.
                 assert _without_think(by_prefix) == _without_think(in_context), f"turn {k}"
             else:
@@ -403,7 +431,7 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
                 assert at >= 0, f"message {k}: text {needle!r} not rendered"
                 contents.append((at, at + len(needle), role))
                 cursor = at + len(needle)
-        hit = _first_stop(full, cursor, span_end, case.stops)
+        hit = _first_stop(full, cursor, span_end, stop_strings)
         if hit:
             stops.append(Stop(hit[0], hit[0] + len(hit[1]), hit[1], k, role, role))
     return Expected(full, bodies, stops, contents, appended)
@@ -465,7 +493,7 @@ def rendered(families) -> Callable[[str, str], Rendered]:
         if (family, shape) not in done:
             fam = families(family)
             conv = build_conv(shape, family)
-            row = fam.renderer().render(conv.messages, images=conv.images or None, tools=conv.tools)
+            row = fam.renderer().render(conv.messages, media_of(conv.images), tools=conv.tools)
             done[family, shape] = Rendered(fam, conv, row, fam.reference_ids(conv), expected_for(fam, conv))
         return done[family, shape]
 
@@ -474,18 +502,26 @@ def rendered(families) -> Callable[[str, str], Rendered]:
 
 # --- the registry and the test table agree ----------------------------------------------------------------
 
-def test_every_verified_family_has_a_case() -> None:
-    assert set(VERIFIED) == set(CASES)
-    assert [f.name for f in FAMILIES if not f.verified] == ["glm4v"]
+def test_every_verified_family_has_a_tiny_spec_and_runs_conformance() -> None:
+    missing = [name for name in VERIFIED if name not in TINY_SPECS]
+    assert not missing, f"verified families without a tiny spec in vlmtrain/tiny/specs.py: {missing}"
+    for name in VERIFIED:
+        shapes = {s for f, s in RENDERABLE if f == name}
+        assert {"single", "system_multi", "unicode", "emptyish"} <= shapes, (name, shapes)
+    for name, spec in TINY_SPECS.items():
+        unknown = set(spec.traits.refuses) - set(SHAPES)
+        assert not unknown, f"{name}: TemplateTraits.refuses names shapes the test does not write: {unknown}"
 
 
-@pytest.mark.parametrize("family", VERIFIED)
-def test_registry_entry_matches_template_facts(family: str) -> None:
-    entry, case = lookup(family), CASES[family]
-    assert entry.stop_tokens[0] == case.stops[0]
-    assert set(case.stops) <= set(entry.stop_tokens)
-    assert entry.stop_placement == case.placement
-    assert entry.appends_final_stop == (case.placement != "in_turn")
+@pytest.mark.parametrize("family", CONFORMING)
+def test_registry_entry_matches_template_facts(families, family: str) -> None:
+    entry, fam = lookup(family), families(family)
+    assert fam.model_type in entry.model_types
+    assert entry.stop_placement == fam.placement
+    assert entry.appends_final_stop == (fam.placement != "in_turn")
+    assert entry.stop_tokens[0] == fam.final_stop
+    # Every stop the registry trains is one the engine stops on (generation_config.json's eos_token_id).
+    assert set(entry.stop_tokens) <= set(fam.stops), (entry.stop_tokens, fam.stops)
 
 
 def test_glm4v_is_flagged_unverified(families, caplog: pytest.LogCaptureFixture) -> None:
@@ -523,11 +559,11 @@ def test_ids_equal_apply_chat_template(rendered, family: str, shape: str) -> Non
 @pytest.mark.parametrize(("family", "shape"), REFUSED)
 def test_refused_shapes_raise_in_template_and_renderer(families, family: str, shape: str) -> None:
     fam, conv = families(family), build_conv(shape, family)
-    match = CASES[family].raises[shape]
+    match = traits(family).refuses[shape]
     with pytest.raises(jinja2.TemplateError, match=match):
         fam.reference_ids(conv)
     with pytest.raises(jinja2.TemplateError, match=match):
-        fam.renderer().render(conv.messages, images=conv.images or None, tools=conv.tools)
+        fam.renderer().render(conv.messages, media_of(conv.images), tools=conv.tools)
 
 
 # --- 2. the trained tokens --------------------------------------------------------------------------------
@@ -622,7 +658,7 @@ def test_glm_final_turn_gets_user_appended_and_trained(rendered, shape: str) -> 
 def test_whitespace_after_stop_is_never_trained(rendered, family: str) -> None:
     r = rendered(family, "single" if family == "phi3" else "system_multi")
     ids, tok = r.row.input_ids, r.fam.tokenizer
-    stop = r.fam.token_id(CASES[family].stops[0])
+    stop = r.fam.token_id(r.fam.final_stop)
     positions = np.flatnonzero(ids == stop)
     followed = [int(i) for i in positions if i + 1 < len(ids) and not tok.decode([int(ids[i + 1])]).strip()]
     assert followed, "the template writes whitespace after the stop token"
@@ -677,7 +713,7 @@ def test_template_date_is_pinned_against_the_wall_clock(families, monkeypatch: p
 
         monkeypatch.setattr(chat_template_utils, "datetime", Clock)
         raw.append(fam.processing_class.apply_chat_template(conv.messages, tokenize=False))
-        row = fam.renderer().render(conv.messages, images=conv.images or None)
+        row = fam.renderer().render(conv.messages, media_of(conv.images))
         texts.append(row.text)
         rows.append(row.input_ids.tolist())
     assert raw[0] != raw[1]  # the template does read the clock
@@ -726,8 +762,8 @@ def test_arrow_null_keys_render_like_the_original_rows(families, family: str) ->
         n_images = sum(p.get("type") == "image" for m in original["messages"]
                        if isinstance(m["content"], list) for p in m["content"])
         images = [_image(i) for i in range(n_images)] or None
-        want = fam.renderer().render(original["messages"], images=images, tools=tools)
-        got = fam.renderer().render(arrow["messages"], images=images, tools=tools)
+        want = fam.renderer().render(original["messages"], media_of(images), tools=tools)
+        got = fam.renderer().render(arrow["messages"], media_of(images), tools=tools)
         assert got.input_ids.tolist() == want.input_ids.tolist()
         assert np.array_equal(fam.renderer().mask(got), fam.renderer().mask(want))
         as_stored = _try_render(fam, arrow["messages"], tools=tools)

@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 
 from vlmtrain.config import load_config
-from vlmtrain.data.build import BuildReport, BuildSettings
-from vlmtrain.data.errors import DataError
-from vlmtrain.data.images import open_image, probe_image, to_rgb
 from vlmtrain.data.mix import mix_indices
-from vlmtrain.data.prepare import build_split, split_sources
-from vlmtrain.render.load import make_renderer
-from vlmtrain.render.rendered import CONTENT, MARKER, MEDIA
+from vlmtrain.data.policies import BuildReport, BuildSettings
+from vlmtrain.data.split import build_split, split_sources
+from vlmtrain.errors import DataError, Reason
+from vlmtrain.mask.pipeline import make_renderer
+from vlmtrain.media import MediaLimits
+from vlmtrain.media.image import open_image, probe_image, to_rgb
+from vlmtrain.render.row import CONTENT, MARKER, MEDIA
 
 
 def user(text: str, images: int = 1) -> dict:
@@ -116,8 +117,10 @@ def test_jsonl_images_column_inline_parts_and_openai_shape(renderer, qwen, image
     ds, report = build(renderer, cfg)
     assert report.kept == 5 and not report.dropped
     assert ds["where"][1] == f"{images / 'data.jsonl'}:2"
-    assert ds["images"][1] == [str(images / "images" / "0001.png")]
-    assert ds["image_sizes"][1] == [[48, 32]] and ds["image_sizes"][3] == [[40, 40], [32, 32]]
+    assert [m["path"] for m in ds["media"][1]] == [str(images / "images" / "0001.png")]
+    sizes = [[[m["width"], m["height"]] for m in row] for row in ds["media"]]
+    assert sizes[1] == [[48, 32]] and sizes[3] == [[40, 40], [32, 32]]
+    assert {m["modality"] for row in ds["media"] for m in row} == {"image"}
     messages = json.loads(ds["messages"][2])  # stored as JSON text, image parts normalised for the template
     assert messages[0]["content"][0] == {"type": "image"} and messages[1]["content"] == "A triangle."
     media = [int(np.sum(np.asarray(k) == MEDIA)) for k in ds["kind"]]
@@ -359,6 +362,7 @@ def test_bad_row_is_one_line_error_or_counted_skip(renderer, qwen, images, tmp_p
 
 
 def test_image_over_pixel_cap_keeps_pillows_guard(renderer, qwen, images, tmp_path):
+    pillow_default = Image.MAX_IMAGE_PIXELS
     path = write_jsonl(images / "data.jsonl", [good_row(), good_row("images/0003.png")])  # 40x40 = 1600 px
     with pytest.raises(DataError, match=r"data.jsonl:2: image .* 40x40 = 1600 pixels, over data.max_image_pixels=1500"):
         build(renderer, make_cfg(qwen, tmp_path, f"data.train.0.path={path}", "data.max_image_pixels=1500"))
@@ -367,10 +371,11 @@ def test_image_over_pixel_cap_keeps_pillows_guard(renderer, qwen, images, tmp_pa
         make_cfg(qwen, tmp_path, f"data.train.0.path={path}", "data.max_image_pixels=1500", "data.on_bad_row=skip"),
     )
     assert dict(report.dropped) == {"image over pixel limit": 1}
-    assert Image.MAX_IMAGE_PIXELS == 1500  # the configured cap is Pillow's own guard
-    # Over twice the cap Pillow itself refuses to open the file: its guard stays on.
-    with pytest.raises(DataError, match="over Pillow's decompression-bomb limit"):
+    # The cap is vlmtrain's own check: Pillow's process-wide guard is left exactly as it was.
+    assert pillow_default == Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match="1600 pixels, over data.max_image_pixels=100"):
         probe_image(str(images / "images/0003.png"), "x", 100)
+    assert pillow_default == Image.MAX_IMAGE_PIXELS
 
 
 def test_paths_outside_image_dir_allowed_when_configured(renderer, qwen, images, tmp_path):
@@ -379,7 +384,7 @@ def test_paths_outside_image_dir_allowed_when_configured(renderer, qwen, images,
     path = write_jsonl(images / "data.jsonl", [good_row(str(outside)), good_row(f"../{outside.name}")])
     cfg = make_cfg(qwen, tmp_path, f"data.train.0.path={path}", "data.allow_paths_outside_image_dir=true")
     ds, report = build(renderer, cfg)
-    assert report.kept == 2 and ds["images"] == [[str(outside)], [str(outside)]]
+    assert report.kept == 2 and [[m["path"] for m in row] for row in ds["media"]] == [[str(outside)]] * 2
 
 
 def test_empty_file_is_an_error_even_when_skipping(renderer, qwen, images, tmp_path):
@@ -465,9 +470,10 @@ def test_to_rgb_respects_exif_orientation():
 
 
 def test_settings_policies():
-    settings = BuildSettings(max_length=8, max_image_pixels=None, on_bad_row="skip", on_too_long="error")
-    assert not settings.is_fatal("missing image") and settings.is_fatal("longer than max_length")
-    assert not BuildSettings(8, None, on_empty="drop").is_fatal("nothing to train")
+    settings = BuildSettings(max_length=8, limits=MediaLimits(None), on_bad_row="skip", on_too_long="error")
+    assert not settings.is_fatal(Reason.MISSING_MEDIA) and settings.is_fatal(Reason.TOO_LONG)
+    assert not BuildSettings(8, MediaLimits(None), on_empty="drop").is_fatal(Reason.EMPTY_MASK)
+    assert settings.is_fatal(Reason.CONFIG)  # a whole source's problem is never skipped
 
 
 # --------------------------------------------------------------------------------------- other families

@@ -3,9 +3,11 @@ gradient accumulation, over-long rows, and a 2-process torchrun run on the CPU."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,8 +114,8 @@ def test_gradient_accumulation_is_the_true_token_mean(qwen_model, shapes, tmp_pa
     """batch 4 x accumulation 1 and batch 1 x accumulation 4 take the same step on rows of different lengths."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmtrain.data.datasets import load_split
-    from vlmtrain.render.load import make_renderer
+    from vlmtrain.data.split import load_split
+    from vlmtrain.mask.pipeline import make_renderer
 
     cfg = _cfg(qwen_model, shapes, tmp_path / "x", "data.train.0.max_rows=4")
     trained = load_split(cfg, make_renderer(cfg), "train")["num_trained"]
@@ -129,8 +131,8 @@ def test_gradient_accumulation_is_the_true_token_mean(qwen_model, shapes, tmp_pa
 
 
 def test_over_long_rows_are_dropped_and_counted_or_refused(qwen_model, shapes, tmp_path, caplog):
-    from vlmtrain.data.datasets import load_split
-    from vlmtrain.render.load import make_renderer
+    from vlmtrain.data.split import load_split
+    from vlmtrain.mask.pipeline import make_renderer
 
     cfg = _cfg(qwen_model, shapes, tmp_path / "long", "data.max_length=60")
     renderer = make_renderer(cfg)
@@ -175,3 +177,59 @@ def test_torchrun_two_processes_on_cpu(qwen_model, shapes, tmp_path):
     assert moved
     for name in moved:
         torch.testing.assert_close(ddp[name] - start[name], single[name] - start[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_embedded_default_from_a_fresh_home(tmp_path):
+    """The quickstart config under real torchrun, 2 CPU processes, nothing built yet: every rank materialises
+    the embedded default, computes the same data cache key and trains (it used to hang forever)."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "VLMTRAIN_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "vlmtrain"), "fit", str(repo / "configs/quickstart.yaml"),
+                           "--nproc-per-node", "2", "training.max_steps=2", f"training.output_dir={out}"],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "processes: 2" in proc.stderr and proc.stdout.count("steps: 2 ") == 1
+    assert len(list((tmp_path / "home" / "data").glob("[0-9a-f]*"))) == 1, "both ranks used one cache entry"
+    assert (out / "model.safetensors").exists()
+
+
+def test_waiting_rank_fails_at_once_when_rank_0_uses_another_key(tmp_path, monkeypatch):
+    """A rank whose data cache key differs from local rank 0's, or whose rank 0 died, errors out naming both
+    keys / the dead process instead of waiting for hours."""
+    from vlmtrain.data import cache
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cache, "_CALLS", {})
+    announcement = tmp_path / f".builder-{cache._launch_id()}.json"
+    announcement.write_text(json.dumps({"pid": os.getpid(), "keys": ["aaaa"]}))
+
+    def build(_):
+        raise AssertionError("a non-zero local rank never builds")
+
+    start = time.monotonic()
+    with pytest.raises(DataError, match="computed data cache key bbbb but local rank 0 uses aaaa"):
+        cache.load_or_build(cache.CacheEntry(tmp_path, "bbbb"), build)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    announcement.write_text(json.dumps({"pid": dead.pid, "keys": ["cccc"]}))
+    monkeypatch.setattr(cache, "_CALLS", {})
+    with pytest.raises(DataError, match=f"local rank 0 \\(pid {dead.pid}\\) exited without building"):
+        cache.load_or_build(cache.CacheEntry(tmp_path, "cccc"), build)
+    assert time.monotonic() - start < 10
+
+
+def test_shapes_dataset_is_never_rewritten_once_complete(tmp_path):
+    """Every torchrun rank materialises the embedded dataset; the cache key includes the file's mtime."""
+    from vlmtrain.tiny.shapes import MARKER
+
+    path = make_shapes_dataset(tmp_path, rows=4)
+    stamp = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert make_shapes_dataset(tmp_path, rows=4).stat().st_mtime_ns == stamp
+    (tmp_path / MARKER).unlink()  # a build killed before its marker is redone, never reused
+    time.sleep(0.01)
+    assert make_shapes_dataset(tmp_path, rows=4).stat().st_mtime_ns != stamp

@@ -6,7 +6,6 @@ JSON mask is the training collator's labels."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,12 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 from vlmtrain.cli import app
-from vlmtrain.data.errors import DataError
+from vlmtrain.errors import DataError
 from vlmtrain.inspect.jsonl import ROW_KEYS, TOKEN_KEYS
 from vlmtrain.inspect.select import parse_rows
 from vlmtrain.tiny import make_shapes_dataset
 
-CHROMIUM = Path("/usr/bin/chromium")
 TRAINED_BG = {"rgb(143, 214, 148)", "rgb(195, 236, 197)"}  # vlmtrain.inspect.html.TRAINED_RGB
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
                                            "parameters": {"type": "object",
@@ -158,8 +156,8 @@ def test_terminal_glm_tool_call(tmp_path, tiny_dir, data) -> None:
 def test_json_is_the_training_mask(tmp_path, tiny_dir, data, family, source) -> None:
     from vlmtrain.collate import IGNORE, CompletionOnlyCollator
     from vlmtrain.config import load_config
-    from vlmtrain.data.datasets import load_split
-    from vlmtrain.render.load import make_renderer
+    from vlmtrain.data.split import load_split
+    from vlmtrain.mask.pipeline import make_renderer
 
     cfg_path = config(tmp_path, tiny_dir(family), data[source])
     rows = json_rows(cfg_path, "--rows", "all")
@@ -173,7 +171,7 @@ def test_json_is_the_training_mask(tmp_path, tiny_dir, data, family, source) -> 
     cfg = load_config(cfg_path)
     renderer = make_renderer(cfg)
     dataset = load_split(cfg, renderer, "train")  # what `fit` trains on
-    collator = CompletionOnlyCollator(renderer.renderer, renderer.media_ids)
+    collator = CompletionOnlyCollator(renderer.chat, renderer.media_ids)
     batch = collator([dataset[i] for i in range(len(dataset))])
     by_where = {row["row"]: row for row in rows}
     for i, where in enumerate(dataset["where"]):
@@ -189,7 +187,7 @@ def test_json_is_the_training_mask(tmp_path, tiny_dir, data, family, source) -> 
     if family == "qwen2_vl":
         assert "media" in rows[0]["kind"] and not any(
             m for m, k in zip(rows[0]["loss_mask"], rows[0]["kind"], strict=True) if k == "media")
-        assert rows[0]["images"] and rows[0]["trained_by_role"] == {"assistant": rows[0]["num_trained"]}
+        assert rows[0]["media"] and rows[0]["trained_by_role"] == {"assistant": rows[0]["num_trained"]}
     else:
         tool_row = rows[0]
         stop = tool_row["tokens"].index("<|observation|>")
@@ -263,12 +261,12 @@ document.body.appendChild(pre);
 </script>"""
 
 
-def _browser_styles(page: Path, tmp_path: Path) -> list[list]:
+def _browser_styles(chromium: Path, page: Path, tmp_path: Path) -> list[list]:
     probed = tmp_path / f"probed-{page.name}"
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
                       encoding="utf-8")
     dom = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        [str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          f"--user-data-dir={tmp_path / 'chr'}", "--window-size=1200,2000", "--dump-dom", probed.as_uri()],
         capture_output=True, text=True, timeout=60, check=True).stdout
@@ -278,12 +276,8 @@ def _browser_styles(page: Path, tmp_path: Path) -> list[list]:
 
 
 @pytest.mark.parametrize("family,source", [("qwen2_vl", "shapes"), ("glm4_moe", "glm")])
-def test_html_in_headless_chromium(tmp_path, tiny_dir, data, family, source) -> None:
-    if not CHROMIUM.exists():
-        # `make test` (and so CI) installs it first; only a bare `pytest` outside CI may skip.
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: tests/setup_chromium.sh must run before the tests in CI")
-        pytest.skip("chromium is not installed: run tests/setup_chromium.sh (make test does)")
+def test_html_in_headless_chromium(chromium, tmp_path, tiny_dir, data, family, source) -> None:
+    """Skips outside CI without chromium (the ``chromium`` fixture says how to install it); required in CI."""
     cfg = config(tmp_path, tiny_dir(family), data[source])
     page = tmp_path / "masks.html"
     inspect(cfg, "--format", "html", "-o", str(page), "--rows", "0:2")
@@ -292,7 +286,7 @@ def test_html_in_headless_chromium(tmp_path, tiny_dir, data, family, source) -> 
     assert "legend" in html and f"family {family}" in html and "summary" in html
     rows = json_rows(cfg, "--rows", "0:2")
 
-    styles = _browser_styles(page, tmp_path)
+    styles = _browser_styles(chromium, page, tmp_path)
     trained = [bg for is_trained, bg, _ in styles if is_trained]
     assert len(trained) == sum(r["num_trained"] for r in rows)  # one highlighted span per trained token
     assert set(trained) <= TRAINED_BG

@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import media_of
 from omegaconf import OmegaConf
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerFast
 
 from vlmtrain.families import FamilyError, known_names
-from vlmtrain.mask import EmptyMaskError, MaskRules, find_issues, loss_mask, require_trained_tokens
-from vlmtrain.mask.boundaries import BoundaryError
-from vlmtrain.render import CONTENT, MARKER, MEDIA, NO_MESSAGE, MaskedRenderer, RenderedRow
+from vlmtrain.mask import EmptyMaskError, MaskedRenderer, MaskRules, find_issues, loss_mask, require_trained_tokens
+from vlmtrain.render import CONTENT, MARKER, MEDIA, NO_MESSAGE, MaskedRow
+from vlmtrain.render.boundaries import BoundaryError
 
 C, M, X = CONTENT, MARKER, MEDIA
 
 
-def _row(tokens: list[tuple[int, int, bool, int]], roles: list[str]) -> RenderedRow:
+def _row(tokens: list[tuple[int, int, bool, int]], roles: list[str]) -> MaskedRow:
     """tokens: (message_index, kind, sampled, ends_turn) per position; ids are the positions."""
     message_index, kind, sampled, ends_turn = (np.array(col) for col in zip(*tokens, strict=True))
-    return RenderedRow(input_ids=np.arange(len(tokens)), message_index=message_index.astype(np.int64),
+    return MaskedRow(input_ids=np.arange(len(tokens)), message_index=message_index.astype(np.int64),
                        kind=kind.astype(np.int8), sampled=sampled.astype(bool),
                        ends_turn=ends_turn.astype(np.int64), roles=roles, text="")
 
@@ -47,7 +48,7 @@ NEXT_TURN = _row([
 ], ["user", "assistant", "tool", "assistant"])
 
 
-def _trained(row: RenderedRow, mode: str = "sampled", roles: tuple[str, ...] = ("assistant",),
+def _trained(row: MaskedRow, mode: str = "sampled", roles: tuple[str, ...] = ("assistant",),
              eos: str = "turn") -> set[int]:
     return set(np.flatnonzero(loss_mask(row, MaskRules(mode, roles, eos))).tolist())
 
@@ -138,8 +139,8 @@ def mistral_tokenizer(tiny_dir) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _runs(renderer: MaskedRenderer, row: RenderedRow) -> list[str]:
-    tok, mask, ids = renderer.renderer.tokenizer, renderer.mask(row), row.input_ids.tolist()
+def _runs(renderer: MaskedRenderer, row: MaskedRow) -> list[str]:
+    tok, mask, ids = renderer.chat.tokenizer, renderer.mask(row), row.input_ids.tolist()
     runs, i = [], 0
     while i < len(ids):
         j = i
@@ -197,7 +198,7 @@ def test_role_boundaries_on_a_processor_never_train_media(tiny_dir) -> None:
     modes = [("sampled", ("assistant",)), ("roles", ("user", "assistant")), ("all", ("assistant",))]
     for mode, roles in modes:
         renderer = MaskedRenderer(processor, "my_pixtral_finetune", _cfg([USER, ASSISTANT], mode, roles))
-        row = renderer.render(messages, images=[Image.new("RGB", (32, 32), "red")])
+        row = renderer.render(messages, media_of([Image.new("RGB", (32, 32), "red")]))
         ids = row.input_ids
         assert media <= set(ids.tolist())
         assert not renderer.mask(row)[np.isin(ids, list(media))].any(), mode

@@ -26,8 +26,8 @@ from vlmtrain.data import cache as cache_mod
 from vlmtrain.data import fingerprint
 from vlmtrain.data.cache import MARKER, CacheEntry, load_or_build
 from vlmtrain.data.fingerprint import cache_key, key_components
-from vlmtrain.data.prepare import prepare_split, split_sources
-from vlmtrain.render.load import make_renderer
+from vlmtrain.data.split import prepare_split, split_sources
+from vlmtrain.mask.pipeline import make_renderer
 from vlmtrain.tiny import make_shapes_dataset
 
 
@@ -134,7 +134,7 @@ def test_each_model_side_component_changes_the_key(qwen, shapes, tmp_path, monke
         assert key not in seen, f"{what} did not change the key"
         seen.add(key)
 
-    processor = renderer.renderer.processing_class
+    processor = renderer.chat.processing_class
     processor.chat_template = processor.chat_template + "{# edited #}"
     changed("chat template")
     processor.image_processor.size = dataclasses.replace(
@@ -143,7 +143,7 @@ def test_each_model_side_component_changes_the_key(qwen, shapes, tmp_path, monke
     changed("image processor max pixels")
     processor.image_processor.merge_size = 1
     changed("image processor merge size")
-    renderer.renderer.tokenizer.add_tokens(["<brand_new_token>"])
+    renderer.chat.tokenizer.add_tokens(["<brand_new_token>"])
     changed("tokenizer")
     family = renderer.family
     renderer.family = dataclasses.replace(

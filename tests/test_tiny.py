@@ -4,7 +4,6 @@ special tokens, expand images into media tokens, and give a finite loss; plus th
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,11 +16,15 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
+    GenerationConfig,
 )
 
+from vlmtrain.families import FAMILIES as REGISTRY
+from vlmtrain.families import FamilyError
 from vlmtrain.tiny import TINY_FAMILIES, build_tiny, make_shapes_dataset, template_source
 from vlmtrain.tiny.__main__ import main
 from vlmtrain.tiny.build import MARKER
+from vlmtrain.tiny.schema import FamilySpec, TinySpecError, TokenizerSpec
 from vlmtrain.tiny.specs import FAMILIES
 from vlmtrain.tiny.templates import TEMPLATES_ENV, shared_special_tokens
 
@@ -34,8 +37,6 @@ def _skip_reason(family: str) -> str | None:
     where, folder = FAMILIES[family].template
     if where == "shared" and not (SHARED_TEMPLATES / folder / "chat_template.jinja").is_file():
         return f"no shared template at {SHARED_TEMPLATES / folder}"
-    if family == "smolvlm" and importlib.util.find_spec("num2words") is None:
-        return "SmolVLMProcessor needs the num2words package"
     return None
 
 
@@ -101,6 +102,30 @@ def test_loads_offline_with_matching_config(family: str, built: Path) -> None:
         assert processor.chat_template == template_source(family, SHARED_TEMPLATES)
     else:
         assert tokenizer.chat_template == template_source(family, SHARED_TEMPLATES)
+
+
+def test_generation_config_lists_the_stop_ids(family: str, built: Path) -> None:
+    """Like a hub model, the build says what an inference engine stops on; the conformance tests read it."""
+    spec = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(built)
+    eos = GenerationConfig.from_pretrained(built).eos_token_id
+    ids = [eos] if isinstance(eos, int) else eos
+    assert tokenizer.convert_ids_to_tokens(ids) == list(spec.stops)
+    assert GenerationConfig.from_pretrained(built).pad_token_id == tokenizer.pad_token_id
+
+
+def test_specs_are_keyed_by_registry_families() -> None:
+    registry = {f.name: f for f in REGISTRY}
+    for name, spec in FAMILIES.items():
+        assert spec.name == name and name in registry
+        assert spec.model_type == registry[name].model_types[0] and spec.is_vlm == registry[name].is_vlm
+    tok = TokenizerSpec("byte_level", eos="<|im_end|>")
+    with pytest.raises(TinySpecError, match="'qwen2-vl' names no registry family"):
+        FamilySpec("qwen2-vl", ("trl", "qwen2_5.jinja"), tok, "Qwen2Config", {})
+    with pytest.raises(TinySpecError, match="names no registry family"):  # a model type is not a family name
+        FamilySpec("qwen3_moe", ("trl", "qwen3.jinja"), tok, "Qwen3Config", {})
+    with pytest.raises(TinySpecError, match="registry says the family is a VLM"):
+        FamilySpec("qwen2_vl", ("trl", "qwen2_5_vl.jinja"), tok, "Qwen2VLConfig", {})
 
 
 def test_special_tokens_are_single_ids(family: str, built: Path) -> None:
@@ -199,7 +224,7 @@ def test_template_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TEMPLATES_ENV, raising=False)
     with pytest.raises(ValueError, match="templates_root"):
         template_source("llava", None)
-    with pytest.raises(ValueError, match="unknown tiny family"):
+    with pytest.raises(FamilyError, match="unknown tiny family 'not_a_family'.*choose from qwen2_vl"):
         template_source("not_a_family", None)
 
 

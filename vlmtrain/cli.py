@@ -37,16 +37,11 @@ def _load(config: str, overrides: list[str] | None) -> Any:
         _fail(str(err))
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: printed as one line, no traceback."""
-    from vlmtrain.collate import StaleRowError
-    from vlmtrain.config import ConfigError
-    from vlmtrain.data.examples import DataError
-    from vlmtrain.families.resolve import FamilyError
-    from vlmtrain.mask.boundaries import BoundaryError
-    from vlmtrain.mask.checks import EmptyMaskError
+def _user_errors() -> type[BaseException]:
+    """Errors that are the user's to fix: printed as one line, no traceback (every one derives from this base)."""
+    from vlmtrain.errors import VlmtrainError
 
-    return ConfigError, DataError, FamilyError, BoundaryError, EmptyMaskError, StaleRowError
+    return VlmtrainError
 
 
 @app.command()
@@ -173,3 +168,57 @@ def version() -> None:
             parts.append(f"{name} missing")
     typer.echo("  ".join(parts))
 
+
+
+RunArg = Annotated[str, typer.Argument(help="A fit run's output directory (or the config it was trained with).")]
+
+
+@app.command()
+def generate(
+    run: RunArg,
+    prompt: Annotated[str | None, typer.Option(help="The question to ask (one user turn).")] = None,
+    image: Annotated[list[str] | None, typer.Option(help="An image for the prompt; repeat for several.")] = None,
+    system: Annotated[str | None, typer.Option(help="A system message before the prompt.")] = None,
+    input_path: Annotated[str | None, typer.Option("--input", help="Rows to answer (any format fit reads); a "
+                                                   "final assistant turn is the reference and is regenerated. "
+                                                   "Prints JSON Lines.")] = None,
+    image_dir: Annotated[str | None, typer.Option(help="Folder --input image paths are relative to.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Cap on new tokens (default: the model's "
+                                                       "generation_config, else 256).")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if present).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Ask the trained model: the run's own template, family stop tokens and generation_config."""
+    from vlmtrain.log import setup_logging
+
+    setup_logging(verbose)
+    from vlmtrain.generate.command import run_generate
+
+    try:
+        run_generate(run, prompt=prompt, images=image, system=system, input_path=input_path, image_dir=image_dir,
+                     max_new_tokens=max_new_tokens, stream=stream, device=device)
+    except _user_errors() as err:
+        _fail(str(err))
+
+
+@app.command()
+def merge(
+    run: RunArg,
+    output: Annotated[str | None, typer.Option(help="Where to write the merged model (default RUN/merged).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (the base checkpoint's), float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="Device to merge and check on.")] = "cpu",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Merge a run's LoRA adapter into its base model; checks the merged logits equal the adapter model's."""
+    from vlmtrain.log import setup_logging
+
+    setup_logging(verbose)
+    from vlmtrain.generate.merge import merge_run
+
+    try:
+        result = merge_run(run, output, dtype=dtype, device=device)
+    except _user_errors() as err:
+        _fail(str(err))
+    typer.echo(f"merged: {result.output}  dtype: {str(result.dtype).removeprefix('torch.')}  probe logits max "
+               f"|diff| {result.max_abs_diff:.3g} (allowed {result.tolerance:.3g})")

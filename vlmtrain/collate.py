@@ -7,38 +7,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmtrain.data.images import open_image
+from vlmtrain.errors import Reason, VlmtrainError
+from vlmtrain.media.item import MediaItem
+from vlmtrain.media.kinds import loaded
 from vlmtrain.render.chat import ChatRenderer
 
 IGNORE = -100
-COLLATOR_COLUMNS = ("where", "text", "images", "input_ids", "loss_mask")
+COLLATOR_COLUMNS = ("where", "text", "media", "input_ids", "loss_mask")
 
 
-class StaleRowError(RuntimeError):
+class StaleRowError(VlmtrainError):
     """The processor tokenized a row differently from when its mask was built (stale cache or changed model)."""
+
+    def __init__(self, message: str, reason: Reason = Reason.STALE_ROW) -> None:
+        super().__init__(message, reason)
 
 
 class CompletionOnlyCollator:
     """Pads a batch and builds ``labels`` = ids where the row's loss mask is on, -100 elsewhere.
 
-    The processor is called on the rendered text and the row's images, so pixels, grid sizes and token-type
-    ids are exactly what ``apply_chat_template(tokenize=True)`` produces; its ids are checked against the ids
-    the mask was computed on, so a mask can never be applied to a different token stream. Pad, media and the
-    first token of each row (nothing predicts it) are always -100.
+    The processor is called on the rendered text and the row's media (each decoded by its modality), so
+    pixels, grid sizes and token-type ids are exactly what ``apply_chat_template(tokenize=True)`` produces; its
+    ids are checked against the ids the mask was computed on, so a mask can never be applied to a different
+    token stream. Pad, media and the first token of each row (nothing predicts it) are always -100. Rows are
+    padded on the right by the processor call itself (``padding_side``), leaving the tokenizer as it was: the
+    tokenizer saved with the model keeps the side it came with.
     """
 
     def __init__(self, renderer: ChatRenderer, media_ids: np.ndarray) -> None:
         self.renderer = renderer
-        self.renderer.tokenizer.padding_side = "right"
         self.media_ids = torch.as_tensor(np.asarray(media_ids, dtype=np.int64))
 
-    def _images(self, features: list[dict[str, Any]]) -> list[list[Any]] | None:
-        images = [[open_image(p, f.get("where", "")) for p in f.get("images") or []] for f in features]
-        return images if any(images) else None
-
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.renderer.encode([f["text"] for f in features], self._images(features),
-                                     padding=True, return_tensors="pt")
+        rows = [[MediaItem.from_record(m) for m in f.get("media") or []] for f in features]
+        media = loaded(rows, [f.get("where", f"row {i}") for i, f in enumerate(features)])
+        batch = self.renderer.encode([f["text"] for f in features], media, padding=True, padding_side="right",
+                                     return_tensors="pt")
         input_ids = batch["input_ids"]
         labels = torch.full_like(input_ids, IGNORE)
         for i, feature in enumerate(features):

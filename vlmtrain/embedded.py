@@ -6,17 +6,13 @@ This is what ``make quickstart`` trains: no download, a few seconds to build, ca
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from vlmtrain.paths import home  # the one cache root; still importable as vlmtrain.embedded.home
+
 PREFIX = "tiny:"
-
-
-def home() -> Path:
-    return Path(os.environ.get("VLMTRAIN_HOME", Path.home() / ".cache" / "vlmtrain"))
 
 
 def materialize(cfg: Any) -> None:

@@ -1,8 +1,9 @@
 """Typed schema of a vlmtrain run, usable as an OmegaConf structured config.
 
-Dataclasses only: loading, merging and validation live in ``load.py``. ``MISSING`` (``???``)
-marks a value the user must supply; the allowed values of enum-like string fields are
-checked in ``load.py``.
+Dataclasses and the constants that define what a value may be: loading, merging and validation live in
+the sibling modules (``load.py`` orchestrates them). ``MISSING`` (``???``) marks a value the user must supply.
+Enum-like string fields declare their allowed values here (``one_of``); the rest of vlmtrain imports those
+tuples from here (``mask.rules`` reads ``MODES``/``TRAIN_ON_EOS``), so each list of values has one owner.
 """
 
 from __future__ import annotations
@@ -11,6 +12,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+ADAPTER_TYPES = ("none", "lora", "qlora")
+ON_TOO_LONG = ("drop", "error")
+ON_BAD_ROW = ("error", "skip")
+DATA_FORMATS = ("conversations", "pretrain")
+MODES = ("sampled", "all", "roles")  # mask.mode
+TRAIN_ON_EOS = ("turn", "all", "last", "none")  # mask.train_on_eos
+ON_EMPTY = ("error", "drop")
+
+# ``training.*`` keys vlmtrain sets itself, with the value it hands to trl.SFTConfig: rows are pre-rendered,
+# masked and length-checked by vlmtrain (never truncated, never packed by TRL), and the collator needs every
+# column. A user value that differs is a ConfigError at load time; train/trainer.py forces these values.
+MANAGED_TRAINING_KEYS: dict[str, Any] = {
+    "remove_unused_columns": False,
+    "dataset_kwargs": {"skip_prepare_dataset": True},
+    "max_length": None,
+    "packing": False,
+}
+
+
+def one_of(choices: tuple[str, ...], default: str | None = None) -> Any:
+    """A string field that takes one of ``choices`` (default: the first); the loader checks the metadata."""
+    return field(default=choices[0] if default is None else default, metadata={"choices": choices})
 
 
 def _default_training() -> dict[str, Any]:
@@ -46,8 +72,8 @@ class ModelConfig:
 
     name_or_path: str = MISSING  # local directory or hub id
     family: str = "auto"  # auto = from config.json model_type
-    dtype: str = "auto"
-    attn_implementation: str = "auto"
+    dtype: str = one_of(DTYPES)
+    attn_implementation: str = one_of(ATTN_IMPLEMENTATIONS)
     trust_remote_code: bool = False
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
@@ -56,7 +82,7 @@ class ModelConfig:
 class AdapterConfig:
     """Parameter-efficient adapter; ``none`` trains the (unfrozen) weights directly."""
 
-    type: str = "none"
+    type: str = one_of(ADAPTER_TYPES)
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -70,7 +96,7 @@ class DataSource:
 
     path: str = MISSING
     image_dir: str | None = None
-    format: str = "conversations"
+    format: str = one_of(DATA_FORMATS)
     split: str = "train"
     name: str | None = None
     messages_column: str = "messages"
@@ -88,9 +114,9 @@ class DataConfig:
     train: list[DataSource] = field(default_factory=list)
     eval: list[DataSource] = field(default_factory=list)
     max_length: int = 2048
-    on_too_long: str = "drop"
-    on_bad_row: str = "error"
-    cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data)
+    on_too_long: str = one_of(ON_TOO_LONG)
+    on_bad_row: str = one_of(ON_BAD_ROW)
+    cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data), see vlmtrain.paths
     hash_data_files: bool = False  # fingerprint data files by content (sha256) instead of path/size/mtime
     template_date: str = "2024-07-26"  # the date chat templates see, pinned for reproducibility
     allow_paths_outside_image_dir: bool = False
@@ -113,13 +139,13 @@ class RoleBoundary:
 class MaskConfig:
     """Which tokens the loss trains on."""
 
-    mode: str = "sampled"
+    mode: str = one_of(MODES)
     roles: list[str] = field(default_factory=lambda: ["assistant"])
     train_on_inputs: bool | None = None  # axolotl knob: true == mode all
     roles_to_train: list[str] | None = None  # axolotl knob: mode roles with these roles
-    train_on_eos: str = "turn"
+    train_on_eos: str = one_of(TRAIN_ON_EOS)
     role_boundaries: list[RoleBoundary] = field(default_factory=list)
-    on_empty: str = "error"
+    on_empty: str = one_of(ON_EMPTY)
 
 
 @dataclass
@@ -136,6 +162,14 @@ class LaunchConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What each evaluation shows besides the loss: answers the model generates for fixed eval prompts."""
+
+    samples: int = 0  # generate for the first N data.eval rows at every evaluation (0 = off)
+    max_new_tokens: int = 64
+
+
+@dataclass
 class VlmConfig:
     """A whole run. ``training`` is passed unchanged to ``trl.SFTConfig``."""
 
@@ -145,3 +179,4 @@ class VlmConfig:
     mask: MaskConfig = field(default_factory=MaskConfig)
     training: dict[str, Any] = field(default_factory=_default_training)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,35 +1,38 @@
-"""Validate raw rows and turn them into ``Example``s: normalised messages (or pretraining text) + image paths.
+"""Validate raw rows and turn them into ``Example``s: normalised messages (or pretraining text) + media items.
 
 Every problem is a one-line ``DataError`` naming ``file:row`` and the fix. Conversation rows use the HF /
-OpenAI shape: ``content`` is a string or a list of parts; ``{"type": "image"}`` consumes the next entry of
-the images column, and ``{"type": "image", "image": "path"}`` (or ``path``/``url``, or OpenAI's
-``{"type": "image_url", "image_url": {"url": ...}}``) names its file inline. The template always sees a bare
-``{"type": "image"}`` part.
+OpenAI shape: ``content`` is a string or a list of parts; a media part (``{"type": "image"}``, one per
+registered modality) consumes the next entry of that modality's column, and ``{"type": "image", "image":
+"path"}`` (or ``path``/``url``, or OpenAI's ``{"type": "image_url", "image_url": {"url": ...}}``) names its
+file inline. The template always sees a bare ``{"type": "<modality>"}`` part.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmtrain.data.errors import DataError
-from vlmtrain.data.refs import image_entries, resolve_image_path, store_bytes
+from vlmtrain.data.refs import media_entries, resolve_media_path, store_bytes
 from vlmtrain.data.sources import RawRow
+from vlmtrain.errors import DataError, Reason
+from vlmtrain.media import PART_TYPES, MediaItem
 
-__all__ = ["DataError", "Example", "ExampleContext", "example_from_raw", "resolve_image_path"]
+__all__ = ["DataError", "Example", "ExampleContext", "example_from_raw"]
 
 BASE_ROLES = ("system", "user", "assistant", "tool")
-_INLINE_KEYS = ("image", "path", "url")
+_INLINE_KEYS = ("path", "url")
 
 
 @dataclass
 class Example:
-    """One validated row. ``images`` are absolute local paths, in the order the placeholders consume them."""
+    """One validated row. ``media`` are unprobed items (absolute local paths) in the order the parts consume
+    them."""
 
     messages: list[dict]
-    images: list[str] = field(default_factory=list)
+    media: list[MediaItem] = field(default_factory=list)
     tools: list[dict] | None = None
     where: str = ""
     format: str = "conversations"
@@ -71,12 +74,17 @@ def _parse_json_cell(value: Any, column: str, where: str) -> Any:
             return json.loads(value)
         except json.JSONDecodeError as err:
             raise DataError(f"{where}: column '{column}' holds malformed JSON ({err.msg}); fix the row",
-                            "malformed JSON") from err
+                            Reason.MALFORMED_JSON) from err
     return value
 
 
-def _image_ref(entry: Any, where: str, ctx: ExampleContext) -> str:
-    """One images-column entry or inline reference (path, or datasets' {"bytes", "path"}) -> local path."""
+def media_columns(source: Any) -> dict[str, str]:
+    """The column each modality's bare parts consume."""
+    return {"image": str(source.images_column)}
+
+
+def _media_ref(entry: Any, where: str, ctx: ExampleContext) -> str:
+    """One media-column entry or inline reference (path, or datasets' {"bytes", "path"}) -> local path."""
     if isinstance(entry, dict):
         if entry.get("bytes"):
             return store_bytes(entry["bytes"], ctx.media_dir, entry.get("path"))
@@ -87,21 +95,22 @@ def _image_ref(entry: Any, where: str, ctx: ExampleContext) -> str:
     if isinstance(entry, bytes):
         return store_bytes(entry, ctx.media_dir)
     if not isinstance(entry, str):
-        raise DataError(f"{where}: an image entry is a {type(entry).__name__}, expected a file path; fix the "
-                        "row", "bad image reference")
-    return resolve_image_path(entry, ctx.image_dir, where, ctx.allow_outside)
+        raise DataError(f"{where}: a media entry is a {type(entry).__name__}, expected a file path; fix the "
+                        "row", Reason.BAD_MEDIA_REFERENCE)
+    return resolve_media_path(entry, ctx.image_dir, where, ctx.allow_outside)
 
 
 def _inline_ref(part: dict) -> Any:
     if part.get("type") == "image_url":
         return part.get("image_url")
-    return next((part[k] for k in _INLINE_KEYS if part.get(k) is not None), None)
+    keys = (str(part.get("type")), "image", *_INLINE_KEYS)
+    return next((part[k] for k in keys if isinstance(part.get(k), (str, dict, bytes))), None)
 
 
 def _check_text(value: Any, where: str, k: int, what: str) -> None:
     if not isinstance(value, str):
         raise DataError(f"{where}: message {k} {what} is a {type(value).__name__}, not a string; write the "
-                        "text as a string", "non-string text")
+                        "text as a string", Reason.NON_STRING_TEXT)
 
 
 def _normalise_message(message: Any, k: int, where: str, ctx: ExampleContext,
@@ -109,11 +118,11 @@ def _normalise_message(message: Any, k: int, where: str, ctx: ExampleContext,
     """Validate one message; image parts become {"type": "image"} and append their inline ref (or None)."""
     if not isinstance(message, dict):
         raise DataError(f"{where}: message {k} is a {type(message).__name__}, not an object with "
-                        "role/content", "malformed row")
+                        "role/content", Reason.MALFORMED_ROW)
     role = message.get("role")
     if role not in ctx.roles:
         raise DataError(f"{where}: message {k} has unknown role {role!r}; use one of {', '.join(ctx.roles)} "
-                        "(e.g. human->user, gpt->assistant)", "unknown role")
+                        "(e.g. human->user, gpt->assistant)", Reason.UNKNOWN_ROLE)
     content = message.get("content")
     out = dict(message)
     if isinstance(content, list):
@@ -123,45 +132,55 @@ def _normalise_message(message: Any, k: int, where: str, ctx: ExampleContext,
                 part = {"type": "text", "text": part}
             if not isinstance(part, dict):
                 raise DataError(f"{where}: message {k} has a content part that is a {type(part).__name__}; "
-                                "parts are {\"type\": \"text\"|\"image\", ...} objects", "malformed row")
+                                "parts are {\"type\": \"text\"|\"image\", ...} objects", Reason.MALFORMED_ROW)
             kind = part.get("type", "text" if "text" in part else None)
             if kind == "text":
                 _check_text(part.get("text"), where, k, "text part")
                 parts.append({"type": "text", "text": part["text"]})
-            elif kind in ("image", "image_url"):
-                slots.append(_inline_ref(part))
-                parts.append({"type": "image"})
+            elif kind in PART_TYPES or kind == "image_url":
+                modality = PART_TYPES.get(kind, "image")
+                slots.append((modality, _inline_ref(part)))
+                parts.append({"type": modality})
             else:
+                supported = ", ".join(repr(t) for t in ("text", *PART_TYPES))
                 raise DataError(f"{where}: message {k} has a content part of type {kind!r}; vlmtrain "
-                                "supports 'text' and 'image' parts", "unsupported content")
+                                f"supports {supported} parts", Reason.UNSUPPORTED_CONTENT)
         out["content"] = parts
     elif content is None:
         if not message.get("tool_calls"):
             raise DataError(f"{where}: message {k} ({role}) has no content; give it text (or tool_calls)",
-                            "non-string text")
+                            Reason.NON_STRING_TEXT)
     else:
         _check_text(content, where, k, "content")
     return out
 
 
-def _resolve_slots(slots: list[Any], column: list[Any], where: str, ctx: ExampleContext,
-                   images_column: str) -> list[str]:
-    """Pair image parts with files: inline refs first, bare parts consume the images column in order."""
-    paths: list[str] = []
-    remaining = list(column)
-    for n, ref in enumerate(slots, start=1):
+def _resolve_slots(slots: list[tuple[str, Any]], row: dict[str, Any], columns: dict[str, str], where: str,
+                   ctx: ExampleContext) -> list[MediaItem]:
+    """Pair media parts with files: inline refs first, bare parts consume their modality's column in order;
+    every column entry must be consumed (in both directions, counts must match)."""
+    remaining = {m: media_entries(_parse_json_cell(row.get(c), c, where)) for m, c in columns.items()}
+    listed = {m: len(v) for m, v in remaining.items()}
+    items: list[MediaItem] = []
+    seen: Counter = Counter()
+    for modality, ref in slots:
+        seen[modality] += 1
         if ref is None:
-            if not remaining:
-                raise DataError(f"{where}: image part {n} of {len(slots)} has no image left in "
-                                f"'{images_column}' (it lists {len(column)}); add the file to "
-                                f"'{images_column}' or remove the part", "image count mismatch")
-            ref = remaining.pop(0)
-        paths.append(_image_ref(ref, where, ctx))
-    if remaining:
-        raise DataError(f"{where}: '{images_column}' lists {len(column)} image(s) but the messages have "
-                        f"{len(slots)} image part(s) to consume them; add {{\"type\": \"image\"}} parts or "
-                        "remove files", "image count mismatch")
-    return paths
+            column = columns.get(modality, f"{modality}s")
+            if not remaining.get(modality):
+                wanted = sum(1 for m, _ in slots if m == modality)
+                raise DataError(f"{where}: {modality} part {seen[modality]} of {wanted} has no {modality} left in "
+                                f"'{column}' (it lists {listed.get(modality, 0)}); add the file to '{column}' or "
+                                "remove the part", Reason.MEDIA_COUNT_MISMATCH)
+            ref = remaining[modality].pop(0)
+        items.append(MediaItem(modality, _media_ref(ref, where, ctx)))
+    for modality, left in remaining.items():
+        if left:
+            parts = sum(1 for m, _ in slots if m == modality)
+            raise DataError(f"{where}: '{columns[modality]}' lists {listed[modality]} {modality}(s) but the messages "
+                            f"have {parts} {modality} part(s) to consume them; add {{\"type\": \"{modality}\"}} "
+                            "parts or remove files", Reason.MEDIA_COUNT_MISMATCH)
+    return items
 
 
 def conversation_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
@@ -172,18 +191,17 @@ def conversation_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Examp
         found = "nothing" if messages is None else f"a {type(messages).__name__}"
         raise DataError(f"{where}: column '{source.messages_column}' should be a non-empty list of messages, "
                         f"found {found}; set data.<split>[i].messages_column or format: pretrain",
-                        "malformed row")
-    slots: list[Any] = []
+                        Reason.MALFORMED_ROW)
+    slots: list[tuple[str, Any]] = []
     normalised = [_normalise_message(m, k, where, ctx, slots) for k, m in enumerate(messages)]
     if ctx.required_roles and not any(m["role"] in ctx.required_roles for m in normalised):
         raise DataError(f"{where}: no {'/'.join(ctx.required_roles)} turn, so nothing would be trained; add "
-                        "one, use mask.mode: all, or set data.on_bad_row: skip", "no assistant turn")
-    column = image_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
-    images = _resolve_slots(slots, column, where, ctx, source.images_column)
+                        "one, use mask.mode: all, or set data.on_bad_row: skip", Reason.NO_ASSISTANT_TURN)
+    media = _resolve_slots(slots, row, media_columns(source), where, ctx)
     tools = _parse_json_cell(row.get("tools"), "tools", where)
     if tools is not None and not isinstance(tools, list):
-        raise DataError(f"{where}: 'tools' should be a list of tool schemas", "malformed row")
-    return Example(messages=normalised, images=images, tools=tools or None, where=where, source=ctx.source)
+        raise DataError(f"{where}: 'tools' should be a list of tool schemas", Reason.MALFORMED_ROW)
+    return Example(messages=normalised, media=media, tools=tools or None, where=where, source=ctx.source)
 
 
 def pretrain_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
@@ -193,10 +211,10 @@ def pretrain_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
     if not isinstance(text, str):
         found = "nothing" if text is None else f"a {type(text).__name__}"
         raise DataError(f"{where}: column '{source.text_column}' should be a string, found {found}; fix the "
-                        "row or set data.<split>[i].text_column", "non-string text")
-    column = image_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
-    images = [_image_ref(entry, where, ctx) for entry in column]
-    return Example(messages=[], images=images, where=where, format="pretrain", text=text, source=ctx.source)
+                        "row or set data.<split>[i].text_column", Reason.NON_STRING_TEXT)
+    column = media_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
+    media = [MediaItem("image", _media_ref(entry, where, ctx)) for entry in column]
+    return Example(messages=[], media=media, where=where, format="pretrain", text=text, source=ctx.source)
 
 
 def example_from_raw(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:

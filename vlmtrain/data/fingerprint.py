@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from vlmtrain.data.sources import load_table, source_kind
-from vlmtrain.render.pipeline import MaskedRenderer
+from vlmtrain.mask.pipeline import MaskedRenderer
 
 CACHE_FORMAT_VERSION = 1
 KEY_LENGTH = 20
@@ -96,7 +96,7 @@ def source_identity(source: Any, hf_cache: str, hash_content: bool) -> dict[str,
 
 
 def tokenizer_identity(renderer: MaskedRenderer) -> dict[str, Any]:
-    tokenizer = renderer.renderer.tokenizer
+    tokenizer = renderer.chat.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     slow = backend is None
     definition = json.dumps(tokenizer.get_vocab(), sort_keys=True) if slow else backend.to_str()
@@ -107,16 +107,16 @@ def tokenizer_identity(renderer: MaskedRenderer) -> dict[str, Any]:
 
 
 def chat_template_identity(renderer: MaskedRenderer) -> dict[str, Any]:
-    processing_class = renderer.renderer.processing_class
-    tokenizer = renderer.renderer.tokenizer
+    processing_class = renderer.chat.processing_class
+    tokenizer = renderer.chat.tokenizer
     templates = {"processor": getattr(processing_class, "chat_template", None),
                  "tokenizer": getattr(tokenizer, "chat_template", None)}
     return {name: digest(t) if t is not None else None for name, t in templates.items()}
 
 
 def processor_identity(renderer: MaskedRenderer) -> dict[str, Any]:
-    processing_class = renderer.renderer.processing_class
-    settings = processing_class.to_dict() if renderer.renderer.is_processor else {}
+    processing_class = renderer.chat.processing_class
+    settings = processing_class.to_dict() if renderer.chat.is_processor else {}
     settings = {k: v for k, v in settings.items() if k not in ("chat_template", "tokenizer")}
     return {"class": type(processing_class).__name__, "settings": _plain(settings)}
 

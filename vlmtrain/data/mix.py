@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlmtrain.data.errors import DataError
+from vlmtrain.errors import DataError
 
 
 def mix_indices(source_of_row: Sequence[int], weights: Sequence[float], seed: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from vlmtrain.data.prepare import SplitResult, prepare_split
+from vlmtrain.data.split import SplitResult, prepare_split
 
 log = logging.getLogger("vlmtrain")
 
@@ -40,7 +40,7 @@ def run_preprocess(cfg: Any, *, num_proc: int = 1, check: bool = False) -> int:
     ``--check`` exits 1 when a real run would fail under the configured policies (and lists the rows).
     """
     from vlmtrain.embedded import materialize
-    from vlmtrain.render.load import make_renderer
+    from vlmtrain.mask.pipeline import make_renderer
 
     start = time.perf_counter()
     materialize(cfg)

@@ -1,7 +1,7 @@
-"""Image references in rows -> local file paths: relative to ``image_dir``, never fetched, never escaping.
+"""Media references in rows -> local file paths: relative to ``image_dir``, never fetched, never escaping.
 
-Embedded image bytes (``datasets`` ``Image`` columns, parquet exports) are written once to a content-addressed
-media folder so that every cached row refers to an image by path, the way the collator opens it.
+Embedded bytes (``datasets`` ``Image`` columns, parquet exports) are written once to a content-addressed
+media folder so that every cached row refers to its media by path, the way the collator opens it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlmtrain.data.errors import DataError
+from vlmtrain.errors import DataError, Reason
 
 
 def is_remote(raw: str) -> bool:
@@ -23,7 +23,7 @@ def is_remote(raw: str) -> bool:
     return "://" in raw or raw.startswith("data:")
 
 
-def resolve_image_path(raw: str, image_dir: Path | None, where: str, allow_outside: bool) -> str:
+def resolve_media_path(raw: str, image_dir: Path | None, where: str, allow_outside: bool) -> str:
     """A row's image string -> an absolute local path, or a one-line DataError.
 
     Paths are relative to ``image_dir``; ``..`` or an absolute path that leaves it is refused unless
@@ -31,18 +31,18 @@ def resolve_image_path(raw: str, image_dir: Path | None, where: str, allow_outsi
     """
     if is_remote(raw):
         raise DataError(f"{where}: image {raw!r} is a remote URL; vlmtrain never fetches images: download it "
-                        "and refer to the local file", "remote image URL")
+                        "and refer to the local file", Reason.REMOTE_MEDIA)
     if not raw:
-        raise DataError(f"{where}: an image path is empty; fix the row", "missing image")
+        raise DataError(f"{where}: an image path is empty; fix the row", Reason.MISSING_MEDIA)
     if image_dir is None and not Path(raw).is_absolute():
         raise DataError(f"{where}: image {raw!r} is a relative path but the source has no image_dir; set "
-                        "data.<split>[i].image_dir to the folder the paths are relative to", "missing image")
+                        "data.<split>[i].image_dir to the folder the paths are relative to", Reason.MISSING_MEDIA)
     base = Path(os.path.abspath(image_dir)) if image_dir is not None else None
     path = Path(os.path.normpath(base / raw if base is not None else raw))
     if not allow_outside and base is not None and (Path(raw).is_absolute() or not path.is_relative_to(base)):
         raise DataError(f"{where}: image path {raw!r} escapes image_dir {str(base)!r}; move the file under "
                         "image_dir or set data.allow_paths_outside_image_dir: true",
-                        "image path outside image_dir")
+                        Reason.MEDIA_OUTSIDE_DIR)
     return str(path)
 
 
@@ -65,7 +65,7 @@ def store_bytes(data: bytes, media_dir: Path, hint: str | None = None) -> str:
     return str(target)
 
 
-def image_entries(value: Any) -> list[Any]:
+def media_entries(value: Any) -> list[Any]:
     """An images cell as a list: None -> [], one image (path or ``{"bytes", "path"}``) -> [it]."""
     if value is None:
         return []

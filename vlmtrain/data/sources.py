@@ -19,8 +19,8 @@ from typing import Any
 
 import datasets
 
-from vlmtrain.data.errors import DataError
-from vlmtrain.render.attribute import drop_nulls
+from vlmtrain.errors import DataError
+from vlmtrain.render.messages import drop_nulls
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SAVED_MARKERS = ("state.json", "dataset_dict.json")

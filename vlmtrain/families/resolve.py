@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from vlmtrain.errors import VlmtrainError
 from vlmtrain.families.family import Family
 from vlmtrain.families.registry import known_names, lookup
 
 log = logging.getLogger(__name__)
 
 
-class FamilyError(ValueError):
+class FamilyError(VlmtrainError):
     """A family cannot be used: unknown, or its markers do not exist in this tokenizer."""
 
 

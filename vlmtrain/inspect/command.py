@@ -1,7 +1,7 @@
 """``vlmtrain inspect-mask``: rows token by token (terminal, JSON Lines or HTML) and a lint of the split.
 
 Rows go through the training path: ``make_renderer`` (tokenizer/processor and config only, no weights) ->
-``vlmtrain.data.build.render_example`` (the family's real template, media expansion, attribution, mask).
+``vlmtrain.data.rows.render_example`` (the family's real template, media expansion, attribution, mask).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vlmtrain.config import ConfigError
-from vlmtrain.data.build import BuildSettings
-from vlmtrain.data.images import set_pixel_limit
+from vlmtrain.data.policies import BuildSettings
 from vlmtrain.inspect.html import render_html
 from vlmtrain.inspect.jsonl import write_jsonl
 from vlmtrain.inspect.load import SourceRow, read_split
@@ -27,7 +26,7 @@ from vlmtrain.inspect.select import parse_rows
 from vlmtrain.inspect.summary import Summary, family_label
 from vlmtrain.inspect.terminal import legend, print_row, print_summary
 from vlmtrain.inspect.tokens import Pieces
-from vlmtrain.render.pipeline import MaskedRenderer
+from vlmtrain.mask.pipeline import MaskedRenderer
 
 FORMATS = ("terminal", "json", "html")
 DEFAULT_ROWS = "0:3"
@@ -94,7 +93,7 @@ def _emit(fmt: str, out: TextIO, inspector: Inspector, items: list[InspectedRow]
           scan: bool, strict: bool, show_ids: bool, to_file: bool, stderr: Console) -> Summary | None:
     """Write the rows in ``fmt``, and the split summary when ``scan`` (json: on stderr, stdout is JSONL)."""
     renderer = inspector.renderer
-    pieces = Pieces(renderer.renderer.tokenizer)
+    pieces = Pieces(renderer.chat.tokenizer)
     if fmt == "terminal":
         console = Console(file=out, highlight=False) if to_file else Console(highlight=False)
         if items:
@@ -129,7 +128,7 @@ def run_inspect(cfg: Any, *, rows: str | None = DEFAULT_ROWS, split: str = "trai
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     from vlmtrain.embedded import materialize
-    from vlmtrain.render.load import make_renderer
+    from vlmtrain.mask.pipeline import make_renderer
 
     materialize(cfg)
     scan = strict or (summary if summary is not None else fmt != "json")
@@ -139,7 +138,6 @@ def run_inspect(cfg: Any, *, rows: str | None = DEFAULT_ROWS, split: str = "trai
     with _quiet_transformers():
         renderer = make_renderer(cfg)
         sources, source_rows = read_split(cfg, split)
-        set_pixel_limit(cfg.data.max_image_pixels)
         settings = BuildSettings.from_config(cfg.data, cfg.mask, sources)
         selected = parse_rows(rows, len(source_rows)) if rows else []
         inspector = Inspector(renderer, settings, source_rows, keep=frozenset(selected))

@@ -13,7 +13,7 @@ from vlmtrain.inspect.rows import PROBLEMS, SCAFFOLD, InspectedRow
 from vlmtrain.inspect.summary import Summary
 from vlmtrain.inspect.terminal import counts_line
 from vlmtrain.inspect.tokens import Pieces, Segment, segments, visible
-from vlmtrain.render.rendered import KIND_NAMES, NO_MESSAGE
+from vlmtrain.render.row import KIND_NAMES, NO_MESSAGE
 
 TRAINED_RGB = ((143, 214, 148), (195, 236, 197))  # alternating, so token boundaries show
 
@@ -94,7 +94,7 @@ def _row_html(item: InspectedRow, pieces: Pieces, show_ids: bool) -> str:
 def _summary_html(summary: Summary) -> str:
     out = [f'<section class="summary"><h2>summary · {escape(summary.split)} split · family '
            f'{escape(summary.family)}</h2>',
-           f"<p>rows {summary.rows} (rendered {summary.rendered}) · images {summary.images} · tokens "
+           f"<p>rows {summary.rows} (rendered {summary.rendered}) · {summary.media_label} · tokens "
            f"{summary.tokens} (media {summary.media}) · trained {summary.trained} "
            f"({summary.fraction():.1%})</p>",
            "<table><tr><th>role</th><th>tokens</th><th>trained</th><th>% of role</th>"

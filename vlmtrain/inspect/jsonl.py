@@ -18,7 +18,8 @@ Keys of a rendered row (stable; every per-token list is aligned with ``input_ids
 - ``kind``: ``content`` (message text), ``marker`` (template scaffolding) or ``media`` (image tokens);
 - ``ends_turn``: for a stop token, the index of the message whose turn it ends, else -1 (GLM's
   ``<|observation|>`` sits in the tool message and ends the assistant's turn);
-- ``roles``: the role of each message; ``images``: the row's image files;
+- ``roles``: the role of each message; ``media``: the row's media items (``modality``, ``path``, ``width``,
+  ``height``, ``frames``);
 - ``num_tokens``, ``num_trained``, ``trained_by_role`` (a stop token counts for the turn it ends);
 - ``problems``: ``[{"code", "message"}]``, codes as in the summary (``zero_trained``, ``untrained_stop``,
   ``missing_stop``, ``too_long``, ``image_mismatch``, ``bad_row``).
@@ -36,11 +37,11 @@ import numpy as np
 
 from vlmtrain.inspect.rows import InspectedRow
 from vlmtrain.inspect.tokens import Pieces
-from vlmtrain.render.pipeline import MaskedRenderer
-from vlmtrain.render.rendered import KIND_NAMES
+from vlmtrain.mask.pipeline import MaskedRenderer
+from vlmtrain.render.row import KIND_NAMES
 
 TOKEN_KEYS = ("input_ids", "tokens", "loss_mask", "message_index", "role", "sampled", "kind", "ends_turn")
-ROW_KEYS = ("row", "index", "split", "family", "attribution", *TOKEN_KEYS, "roles", "images", "num_tokens",
+ROW_KEYS = ("row", "index", "split", "family", "attribution", *TOKEN_KEYS, "roles", "media", "num_tokens",
             "num_trained", "trained_by_role", "problems")
 
 
@@ -52,26 +53,26 @@ def record(item: InspectedRow, pieces: Pieces, split: str, renderer: MaskedRende
     """The JSON object of one row (see the module docstring for the keys)."""
     problems = [{"code": p.code, "message": p.message} for p in item.problems]
     head = {"row": item.where, "index": item.index, "split": split, "family": renderer.family_name,
-            "attribution": "family" if renderer.boundaries is None else "role_boundaries"}
+            "attribution": renderer.attribution}
     if item.row is None:
         return {**head, "error": item.error, "problems": problems}
     row = item.row
-    ids = _ints(row["input_ids"])
-    message = _ints(row["message_index"])
-    roles = list(row["roles"])
+    ids = _ints(row.input_ids)
+    message = _ints(row.message_index)
+    roles = list(row.roles)
     _, trained = item.role_counts()
     return {
         **head,
         "input_ids": ids,
         "tokens": [pieces(i) for i in ids],
-        "loss_mask": _ints(np.asarray(row["loss_mask"], dtype=bool)),
+        "loss_mask": _ints(np.asarray(row.loss_mask, dtype=bool)),
         "message_index": message,
         "role": [roles[k] if k >= 0 else "" for k in message],
-        "sampled": _ints(np.asarray(row["sampled"], dtype=bool)),
-        "kind": [KIND_NAMES[int(k)] for k in row["kind"]],
-        "ends_turn": _ints(row["ends_turn"]),
+        "sampled": _ints(row.sampled),
+        "kind": [KIND_NAMES[int(k)] for k in row.kind],
+        "ends_turn": _ints(row.ends_turn),
         "roles": roles,
-        "images": list(item.images),
+        "media": [m.to_record() for m in row.media],
         "num_tokens": item.num_tokens,
         "num_trained": item.num_trained,
         "trained_by_role": dict(trained),

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlmtrain.data.errors import DataError
 from vlmtrain.data.examples import Example
-from vlmtrain.data.prepare import split_sources, validated_rows
+from vlmtrain.data.split import split_sources, validated_rows
+from vlmtrain.errors import DataError
 
 SOURCE_PROBLEMS = ("config", "empty source")  # a whole source is unusable: raised, as fit would
 

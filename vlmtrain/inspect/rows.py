@@ -1,6 +1,6 @@
 """Inspect one row: render and mask it through the training path, and classify what is wrong with it.
 
-Rows go through ``vlmtrain.data.build.render_example`` — the function ``fit`` and ``preprocess`` use — with
+Rows go through ``vlmtrain.data.rows.render_example`` — the function ``fit`` and ``preprocess`` use — with
 the empty-mask check deferred, so a row that trains nothing is still shown token by token and *reported*
 instead of stopping the scan at the first one.
 """
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from vlmtrain.data.build import NO_TRAINED_TURN, BuildSettings, render_example
-from vlmtrain.data.errors import DataError
 from vlmtrain.data.examples import Example
-from vlmtrain.data.pretrain import family_image_token
+from vlmtrain.data.policies import BuildSettings
+from vlmtrain.data.rows import render_example
+from vlmtrain.errors import DataError, Reason
 from vlmtrain.mask.checks import EmptyMaskError, find_issues
-from vlmtrain.render.pipeline import MaskedRenderer
-from vlmtrain.render.rendered import MEDIA, NO_MESSAGE, RenderedRow
+from vlmtrain.mask.pipeline import MaskedRenderer
+from vlmtrain.media.item import MediaItem
+from vlmtrain.render.pretrain import image_token_of
+from vlmtrain.render.row import MEDIA, NO_MESSAGE, MaskedRow
 
 # Problem codes, in report order, with the label the summary prints. --strict fails on any of them.
 PROBLEMS = {
@@ -30,7 +31,7 @@ PROBLEMS = {
     "image_mismatch": "image / placeholder mismatches",
     "bad_row": "rows that cannot be loaded or rendered",
 }
-IMAGE_REASONS = ("image count mismatch",)
+IMAGE_REASONS = (Reason.MEDIA_COUNT_MISMATCH, Reason.MEDIA_NOT_SUPPORTED)
 SCAFFOLD = "(template)"  # display name of tokens outside every message
 
 
@@ -42,32 +43,35 @@ class Problem:
 
 @dataclass
 class InspectedRow:
-    """One row of a split: its rendered, masked arrays (``row``, as ``render_example`` returns them) or the
+    """One row of a split: its rendered, masked row (``row``, as ``render_example`` returns it) or the
     reason it has none (``error``), and its problems."""
 
     index: int
     where: str
-    images: list[str] = field(default_factory=list)
-    row: dict[str, Any] | None = None
+    media: list[MediaItem] = field(default_factory=list)
+    row: MaskedRow | None = None
     error: str | None = None
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
-        return int(self.row["length"]) if self.row else 0
+        return len(self.row) if self.row else 0
 
     @property
     def num_trained(self) -> int:
-        return int(np.sum(self.row["loss_mask"])) if self.row else 0
+        return self.row.num_trained if self.row else 0
+
+    @property
+    def media_label(self) -> str:
+        return media_label(Counter(m.modality for m in self.media))
 
     def token_roles(self) -> np.ndarray:
         """Per token, the role its loss belongs to: a stop token counts for the turn it ends (GLM's
         ``<|observation|>`` sits in the tool message but is the assistant's), other tokens for their message;
         scaffolding outside every message is ``(template)``."""
         assert self.row is not None
-        names = np.array([*self.row["roles"], SCAFFOLD], dtype=object)
-        message = np.asarray(self.row["message_index"], dtype=np.int64)
-        ends = np.asarray(self.row["ends_turn"], dtype=np.int64)
+        names = np.array([*self.row.roles, SCAFFOLD], dtype=object)
+        message, ends = self.row.message_index, self.row.ends_turn
         return names[np.where(ends != NO_MESSAGE, ends, message)]
 
     def role_counts(self) -> tuple[Counter, Counter]:
@@ -75,20 +79,20 @@ class InspectedRow:
         if self.row is None:
             return Counter(), Counter()
         roles = self.token_roles()
-        not_media = np.asarray(self.row["kind"]) != MEDIA
-        mask = np.asarray(self.row["loss_mask"], dtype=bool)
+        not_media = self.row.kind != MEDIA
+        mask = np.asarray(self.row.loss_mask, dtype=bool)
         return Counter(roles[not_media].tolist()), Counter(roles[mask].tolist())
 
 
 def _image_token_count(renderer: MaskedRenderer, text: str) -> int | None:
     """Image placeholders in the rendered text (before the processor expands them), counted as token ids."""
-    token = family_image_token(renderer)
+    token = image_token_of(renderer.chat, renderer.family)
     if token is None:
         return None
-    token_id = renderer.renderer.tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(token_id, int) or token_id == renderer.renderer.tokenizer.unk_token_id:
+    token_id = renderer.chat.tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int) or token_id == renderer.chat.tokenizer.unk_token_id:
         return None
-    ids, _ = renderer.renderer.text_tokens(text)
+    ids, _ = renderer.chat.text_tokens(text)
     return int(np.sum(ids == token_id))
 
 
@@ -98,11 +102,7 @@ def _mask_problems(item: InspectedRow, renderer: MaskedRenderer, settings: Build
     out: list[Problem] = []
     if item.num_trained == 0:
         out.append(Problem("zero_trained", f"{where}: the loss mask trains zero tokens"))
-    rendered = RenderedRow(input_ids=np.asarray(row["input_ids"]), kind=np.asarray(row["kind"]),
-                           message_index=np.asarray(row["message_index"]), roles=list(row["roles"]),
-                           sampled=np.asarray(row["sampled"], dtype=bool), text=row["text"],
-                           ends_turn=np.asarray(row["ends_turn"]))
-    issues = find_issues(rendered, np.asarray(row["loss_mask"], dtype=bool))
+    issues = find_issues(row, np.asarray(row.loss_mask, dtype=bool))
     out += [Problem("untrained_stop", f"{where}: the stop token ending assistant turn (message {k}) is not "
                                       "trained") for k in issues.untrained_stop_turns]
     out += [Problem("missing_stop", f"{where}: assistant turn (message {k}) has no stop token")
@@ -111,10 +111,11 @@ def _mask_problems(item: InspectedRow, renderer: MaskedRenderer, settings: Build
         fate = "fit stops (data.on_too_long: error)" if settings.on_too_long == "error" else "fit drops it"
         out.append(Problem("too_long", f"{where}: {item.num_tokens} tokens > data.max_length="
                                        f"{settings.max_length}; {fate}"))
-    if item.images or renderer.renderer.is_processor:
-        found = _image_token_count(renderer, row["text"])
-        if found is not None and found != len(item.images):
-            out.append(Problem("image_mismatch", f"{where}: {len(item.images)} image(s) but {found} image "
+    images = sum(m.modality == "image" for m in item.media)
+    if images or renderer.chat.is_processor:
+        found = _image_token_count(renderer, row.text)
+        if found is not None and found != images:
+            out.append(Problem("image_mismatch", f"{where}: {images} image(s) but {found} image "
                                                  "placeholder(s) in the rendered text"))
     return out
 
@@ -122,24 +123,32 @@ def _mask_problems(item: InspectedRow, renderer: MaskedRenderer, settings: Build
 def inspect_example(renderer: MaskedRenderer, example: Example, index: int,
                     settings: BuildSettings) -> InspectedRow:
     """Render and mask ``example`` exactly as training does; never raises for a problem of the row itself."""
-    item = InspectedRow(index=index, where=example.where, images=list(example.images))
+    item = InspectedRow(index=index, where=example.where, media=list(example.media))
     try:
         item.row = render_example(renderer, example, settings, require_trained=False)
     except (DataError, EmptyMaskError) as err:
-        return failed_row(index, example.where, err, images=item.images)
+        return failed_row(index, example.where, err, media=item.media)
+    item.media = list(item.row.media)
     item.problems = _mask_problems(item, renderer, settings)
     return item
 
 
-def failed_row(index: int, where: str, err: Exception, images: list[str] | None = None) -> InspectedRow:
+def failed_row(index: int, where: str, err: Exception, media: list[MediaItem] | None = None) -> InspectedRow:
     """A row that could not be loaded or rendered, its problem classified by the error's reason."""
     reason = getattr(err, "reason", "")
-    if isinstance(err, EmptyMaskError) or reason == NO_TRAINED_TURN:
+    if isinstance(err, EmptyMaskError) or reason == Reason.NO_ASSISTANT_TURN:
         code = "zero_trained"
     elif reason in IMAGE_REASONS:
         code = "image_mismatch"
     else:
         code = "bad_row"
     message = str(err) if str(err).startswith(where) else f"{where}: {err}"
-    return InspectedRow(index=index, where=where, images=list(images or []), error=str(err),
+    return InspectedRow(index=index, where=where, media=list(media or []), error=str(err),
                         problems=[Problem(code, message)])
+
+
+def media_label(counts: Counter) -> str:
+    """``images 2`` (always shown, the common case), then any other modality present: ``videos 1``."""
+    parts = [f"images {counts.get('image', 0)}"]
+    parts += [f"{modality}s {n}" for modality, n in sorted(counts.items()) if modality != "image"]
+    return " · ".join(parts)

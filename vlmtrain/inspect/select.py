@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlmtrain.data.errors import DataError
+from vlmtrain.errors import DataError
 
 USAGE = "use e.g. 17, 0:5, 3,8,9 or all"
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmtrain.data.build import EMPTY_MASK, TOO_LONG, BuildSettings
-from vlmtrain.inspect.rows import PROBLEMS, InspectedRow
-from vlmtrain.render.pipeline import MaskedRenderer
-from vlmtrain.render.rendered import MEDIA
+from vlmtrain.data.policies import BuildSettings
+from vlmtrain.errors import Reason
+from vlmtrain.inspect.rows import PROBLEMS, InspectedRow, media_label
+from vlmtrain.mask.pipeline import MaskedRenderer
+from vlmtrain.render.row import MEDIA
 
 
 def family_label(renderer: MaskedRenderer) -> str:
@@ -25,7 +26,7 @@ def family_label(renderer: MaskedRenderer) -> str:
 def marker_ids(renderer: MaskedRenderer) -> list[tuple[str, str, list[int]]]:
     """(what, token text, ids) for every marker the mask is computed from: stop tokens, media tokens, and the
     start/end markers of a ``mask.role_boundaries`` override."""
-    tokenizer = renderer.renderer.tokenizer
+    tokenizer = renderer.chat.tokenizer
     vocab = tokenizer.get_vocab()
     out: list[tuple[str, str, list[int]]] = []
     if renderer.boundaries is not None:
@@ -49,16 +50,16 @@ def marker_ids(renderer: MaskedRenderer) -> list[tuple[str, str, list[int]]]:
 def fates(settings: BuildSettings) -> dict[str, str]:
     """What ``fit`` does with the rows of each problem under this config's row policies."""
 
-    def policy(reason: str, key: str) -> str:
+    def policy(reason: Reason, key: str) -> str:
         return f"fit stops ({key})" if settings.is_fatal(reason) else f"fit drops these rows ({key})"
 
     keep = "fit trains these rows as they are"
     return {
-        "zero_trained": policy(EMPTY_MASK, f"mask.on_empty: {settings.on_empty}"),
+        "zero_trained": policy(Reason.EMPTY_MASK, f"mask.on_empty: {settings.on_empty}"),
         "untrained_stop": keep, "missing_stop": keep,
-        "too_long": policy(TOO_LONG, f"data.on_too_long: {settings.on_too_long}"),
-        "image_mismatch": policy("image count mismatch", f"data.on_bad_row: {settings.on_bad_row}"),
-        "bad_row": policy("bad row", f"data.on_bad_row: {settings.on_bad_row}"),
+        "too_long": policy(Reason.TOO_LONG, f"data.on_too_long: {settings.on_too_long}"),
+        "image_mismatch": policy(Reason.MEDIA_COUNT_MISMATCH, f"data.on_bad_row: {settings.on_bad_row}"),
+        "bad_row": policy(Reason.BAD_ROW, f"data.on_bad_row: {settings.on_bad_row}"),
     }
 
 
@@ -75,7 +76,7 @@ class Summary:
     rendered: int = 0
     tokens: int = 0
     trained: int = 0
-    images: int = 0
+    media_items: Counter = field(default_factory=Counter)  # per modality
     media: int = 0  # media tokens (never trained, not counted under any role)
     tokens_by_role: Counter = field(default_factory=Counter)
     trained_by_role: Counter = field(default_factory=Counter)
@@ -88,7 +89,7 @@ class Summary:
 
     def add(self, item: InspectedRow) -> None:
         self.rows += 1
-        self.images += len(item.images)
+        self.media_items.update(m.modality for m in item.media)
         for problem in item.problems:
             self.problems[problem.code].append(problem.message)
         if item.row is None:
@@ -96,10 +97,14 @@ class Summary:
         self.rendered += 1
         self.tokens += item.num_tokens
         self.trained += item.num_trained
-        self.media += int(np.sum(np.asarray(item.row["kind"]) == MEDIA))
+        self.media += int(np.count_nonzero(item.row.kind == MEDIA))
         tokens, trained = item.role_counts()
         self.tokens_by_role.update(tokens)
         self.trained_by_role.update(trained)
+
+    @property
+    def media_label(self) -> str:
+        return media_label(self.media_items)
 
     @property
     def problem_count(self) -> int:

@@ -11,7 +11,7 @@ from rich.text import Text
 from vlmtrain.inspect.rows import PROBLEMS, SCAFFOLD, InspectedRow
 from vlmtrain.inspect.summary import Summary
 from vlmtrain.inspect.tokens import Pieces, Segment, segments, visible
-from vlmtrain.render.rendered import NO_MESSAGE
+from vlmtrain.render.row import NO_MESSAGE
 
 # Trained tokens alternate two greens so token boundaries show; 16-colour terminals get named greens (the pale
 # greens would be rounded to white there).
@@ -111,7 +111,7 @@ def counts_line(item: InspectedRow) -> str:
     share = f" ({item.num_trained / item.num_tokens:.0%})" if item.num_tokens else ""
     by_role = ", ".join(f"{role} {n}" for role, n in trained.most_common()) or "none"
     return (f"tokens {item.num_tokens} · trained {item.num_trained}{share} · trained by role: {by_role} · "
-            f"images {len(item.images)}")
+            f"{item.media_label}")
 
 
 def print_row(console: Console, item: InspectedRow, pieces: Pieces, show_ids: bool = False) -> None:
@@ -130,7 +130,7 @@ def print_row(console: Console, item: InspectedRow, pieces: Pieces, show_ids: bo
 def print_summary(console: Console, summary: Summary, *, strict: bool = False, shown: int = 5) -> None:
     title = f"summary · {summary.split} split · family {summary.family}"
     console.rule(Text(title, style="bold"), align="left")
-    console.print(Text(f"rows {summary.rows} (rendered {summary.rendered}) · images {summary.images} · "
+    console.print(Text(f"rows {summary.rows} (rendered {summary.rendered}) · {summary.media_label} · "
                        f"tokens {summary.tokens} (media {summary.media}) · trained {summary.trained} "
                        f"({summary.fraction():.1%})"), soft_wrap=True)
     for role, tokens, trained, fraction, share in summary.role_rows():

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmtrain.render.rendered import MEDIA, NO_MESSAGE
+from vlmtrain.render.row import MEDIA, NO_MESSAGE, MaskedRow
 
 REPLACEMENT = "\ufffd"
 MAX_BYTES = 8  # longest run of byte tokens merged back into characters
@@ -98,14 +98,10 @@ class Segment:
         return self.kind == MEDIA
 
 
-def segments(row: dict[str, Any], pieces: Pieces) -> list[Segment]:
+def segments(row: MaskedRow, pieces: Pieces) -> list[Segment]:
     """The row's tokens as display segments, runs of one repeated media id collapsed into one segment."""
-    ids = np.asarray(row["input_ids"], dtype=np.int64)
-    mask = np.asarray(row["loss_mask"], dtype=bool)
-    kind = np.asarray(row["kind"], dtype=np.int64)
-    message = np.asarray(row["message_index"], dtype=np.int64)
-    ends = np.asarray(row["ends_turn"], dtype=np.int64)
-    roles = list(row["roles"])
+    ids, kind, message, ends, roles = row.input_ids, row.kind, row.message_index, row.ends_turn, row.roles
+    mask = np.asarray(row.loss_mask, dtype=bool)
     texts = pieces.row(ids)
     out: list[Segment] = []
     i, n = 0, len(ids)

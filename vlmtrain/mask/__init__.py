@@ -1,7 +1,8 @@
-"""Loss-mask rules over attributed tokens, the role_boundaries override, and the never-silent checks."""
+"""Loss-mask rules over attributed rows, the never-silent checks, and the render -> mask pipeline."""
 
 from vlmtrain.mask.checks import EmptyMaskError, MaskIssues, find_issues, require_trained_tokens
+from vlmtrain.mask.pipeline import MaskedRenderer, make_renderer
 from vlmtrain.mask.rules import MODES, TRAIN_ON_EOS, MaskRules, loss_mask
 
-__all__ = ["MODES", "TRAIN_ON_EOS", "EmptyMaskError", "MaskIssues", "MaskRules", "find_issues", "loss_mask",
-           "require_trained_tokens"]
+__all__ = ["MODES", "TRAIN_ON_EOS", "EmptyMaskError", "MaskIssues", "MaskRules", "MaskedRenderer", "find_issues",
+           "loss_mask", "make_renderer", "require_trained_tokens"]

@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmtrain.render.rendered import RenderedRow
+from vlmtrain.errors import Reason, VlmtrainError
+from vlmtrain.render.row import MaskedRow
 
 
-class EmptyMaskError(ValueError):
+class EmptyMaskError(VlmtrainError):
     """A row whose loss mask trains zero tokens (a zero-gradient row is always a bug)."""
+
+    def __init__(self, message: str, reason: Reason = Reason.EMPTY_MASK) -> None:
+        super().__init__(message, reason)
 
 
 @dataclass
@@ -24,7 +28,7 @@ class MaskIssues:
         return bool(self.untrained_stop_turns or self.turns_without_stop)
 
 
-def find_issues(row: RenderedRow, mask: np.ndarray) -> MaskIssues:
+def find_issues(row: MaskedRow, mask: np.ndarray) -> MaskIssues:
     """Assistant turns whose stop token exists but is not trained, and turns that have no stop token at all."""
     issues = MaskIssues()
     for k, role in enumerate(row.roles):

@@ -16,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vlmtrain.render.rendered import CONTENT, MEDIA, NO_MESSAGE, RenderedRow
-
-MODES = ("sampled", "all", "roles")
-TRAIN_ON_EOS = ("turn", "all", "last", "none")
+from vlmtrain.config.schema import MODES, TRAIN_ON_EOS  # config owns the allowed values
+from vlmtrain.render.row import CONTENT, MEDIA, NO_MESSAGE, MaskedRow
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class MaskRules:
         return set(self.roles) if self.mode == "roles" else {"assistant"}
 
 
-def loss_mask(row: RenderedRow, rules: MaskRules) -> np.ndarray:
+def loss_mask(row: MaskedRow, rules: MaskRules) -> np.ndarray:
     """Boolean mask aligned with ``row.input_ids``: True where the loss trains the token."""
     not_media = row.kind != MEDIA
     if rules.mode == "all":

@@ -1,9 +1,8 @@
 """Rendering through the real chat template and per-token attribution (message, kind, sampled)."""
 
-from vlmtrain.render.attribute import render_row
+from vlmtrain.render.attributor import Attributor, RenderInput
 from vlmtrain.render.chat import ChatRenderer
-from vlmtrain.render.pipeline import MaskedRenderer
-from vlmtrain.render.rendered import CONTENT, KIND_NAMES, MARKER, MEDIA, NO_MESSAGE, PAD, RenderedRow
+from vlmtrain.render.row import CONTENT, KIND_NAMES, MARKER, MEDIA, NO_MESSAGE, PAD, MaskedRow
 
-__all__ = ["CONTENT", "KIND_NAMES", "MARKER", "MEDIA", "NO_MESSAGE", "PAD", "ChatRenderer", "MaskedRenderer",
-           "RenderedRow", "render_row"]
+__all__ = ["CONTENT", "KIND_NAMES", "MARKER", "MEDIA", "NO_MESSAGE", "PAD", "Attributor", "ChatRenderer", "MaskedRow",
+           "RenderInput"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlmtrain.errors import VlmtrainError
+
 from .build import TINY_FAMILIES, build_tiny
 from .shapes import make_shapes_dataset
 
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(build_tiny(args.what, args.out_dir, with_model=args.with_model,
                              templates_root=args.templates_root, seed=args.seed))
-    except (ValueError, FileNotFoundError) as err:
+    except (VlmtrainError, ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -12,6 +13,7 @@ from .templates import shared_special_tokens, spec_for, template_source
 
 TINY_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 MARKER = "tiny_build.json"  # written last: its presence means the directory is complete
+BUILD_VERSION = 2  # bump when a build's files change (2: generation_config.json with the stop ids)
 
 
 def _is_complete(out_dir: Path, family: str, with_model: bool, seed: int) -> bool:
@@ -22,7 +24,18 @@ def _is_complete(out_dir: Path, family: str, with_model: bool, seed: int) -> boo
         return False
     if done.get("family") != family:
         raise ValueError(f"{out_dir} already holds a tiny {done.get('family')!r} build, not {family!r}")
+    if done.get("version") != BUILD_VERSION:
+        return False
     return not with_model or (bool(done.get("with_model")) and done.get("seed") == seed)
+
+
+def generation_config(tokenizer: Any, stops: tuple[str, ...]) -> Any:
+    """``generation_config.json`` as a hub model ships it: ``eos_token_id`` lists the ids an engine stops on."""
+    from transformers import GenerationConfig
+
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in stops]
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=ids if len(ids) > 1 else ids[0])
 
 
 def build_tiny(
@@ -51,7 +64,7 @@ def build_tiny(
         # torch/transformers load here, not at package import: cached builds and the dataset stay cheap.
         from .model import build_config, build_model
         from .processor import build_processor
-        from .tokenizer import build_tokenizer
+        from .tokenizer import build_tokenizer, check_single_ids
 
         template = template_source(family, templates_root)
         tokenizer = build_tokenizer(spec.tokenizer, template, shared_special_tokens(family, templates_root))
@@ -60,10 +73,16 @@ def build_tiny(
         else:
             tokenizer.save_pretrained(out_dir)
         config = build_config(spec, tokenizer)
+        check_single_ids(tokenizer, list(spec.stops))
+        generation = generation_config(tokenizer, spec.stops)
         if with_model:
-            build_model(spec, config, seed).save_pretrained(out_dir)
+            model = build_model(spec, config, seed)
+            model.generation_config = generation
+            model.save_pretrained(out_dir)
         else:
             config.save_pretrained(out_dir)
-        meta = {"family": family, "model_type": spec.model_type, "with_model": with_model, "seed": seed}
+            generation.save_pretrained(out_dir)
+        meta = {"family": family, "model_type": spec.model_type, "with_model": with_model, "seed": seed,
+                "version": BUILD_VERSION}
         (out_dir / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

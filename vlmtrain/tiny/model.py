@@ -14,7 +14,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .specs import VOCAB, FamilySpec, Tok
+from .schema import VOCAB, FamilySpec, Tok
 
 
 def _resolve(value: Any, tokenizer: PreTrainedTokenizerFast) -> Any:

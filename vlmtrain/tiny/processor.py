@@ -9,7 +9,7 @@ from typing import Any
 import transformers
 from transformers import PreTrainedTokenizerFast, ProcessorMixin
 
-from .specs import ProcessorSpec
+from .schema import ProcessorSpec
 
 
 def build_processor(

@@ -7,6 +7,7 @@ a meaningful end-to-end check of image placement, masking and labels.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -63,9 +64,37 @@ def _messages(kind: int, objs: list[tuple[str, str]]) -> list[dict]:
             _user(1, "And this one?"), _assistant(f"{second.capitalize()}.")]
 
 
+MARKER = ".shapes_complete.json"
+_VERSION = 1  # bump when the generator's output changes
+
+
+def _complete(out_dir: Path, spec: dict) -> bool:
+    try:
+        return json.loads((out_dir / MARKER).read_text()) == spec and (out_dir / "train.jsonl").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def make_shapes_dataset(out_dir: str | Path, *, rows: int = 48, seed: int = 0) -> Path:
-    """Write out_dir/train.jsonl and out_dir/images/NNNN.png; returns the jsonl path."""
+    """Write out_dir/train.jsonl and out_dir/images/NNNN.png; returns the jsonl path.
+
+    Idempotent: a complete dataset with the same ``rows`` and ``seed`` is never rewritten, because the data
+    cache key includes the file's mtime (every torchrun rank materialises the embedded default and must compute
+    the same key). Files are written atomically and the completion marker last, so a build killed halfway is
+    redone, never reused. Concurrent builders must hold a lock (``vlmtrain.embedded.materialize`` does).
+    """
     out_dir = Path(out_dir)
+    path = out_dir / "train.jsonl"
+    spec = {"rows": rows, "seed": seed, "version": _VERSION}
+    if _complete(out_dir, spec):
+        return path
+    (out_dir / MARKER).unlink(missing_ok=True)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     n_image = 0
@@ -76,10 +105,13 @@ def make_shapes_dataset(out_dir: str | Path, *, rows: int = 48, seed: int = 0) -
         paths = []
         for color, shape in objs:
             rel = f"images/{n_image:04d}.png"
-            _draw(shape, color, rng.choice(_SIZES), rng).save(out_dir / rel)
+            image = _draw(shape, color, rng.choice(_SIZES), rng)
+            tmp = out_dir / f"images/.{n_image:04d}.tmp-{os.getpid()}.png"
+            image.save(tmp)
+            os.replace(tmp, out_dir / rel)
             paths.append(rel)
             n_image += 1
         lines.append(json.dumps({"messages": _messages(kind, objs), "images": paths}))
-    path = out_dir / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    _write_atomic(out_dir / MARKER, json.dumps(spec).encode())
     return path

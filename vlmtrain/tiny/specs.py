@@ -1,64 +1,19 @@
-"""Declarative per-family table: tokens, template source, processor settings and tiny model config.
+"""Declarative per-family table: tokens, stop ids, template source, processor settings, tiny model config.
 
-One `FamilySpec` per family; builders in the sibling modules interpret it, so adding a family means
-adding a table entry, not code. Token ids inside model configs are written as `Tok("<string>")`
-and resolved against the trained tokenizer at build time.
+One `FamilySpec` per registry family, keyed by its `Family.name` (the types and the checks against the
+registry are in `schema.py`); builders in the sibling modules interpret it, so adding a family means adding
+a table entry, not code. Token ids inside model configs are written as `Tok("<string>")` and resolved
+against the trained tokenizer at build time. `generation_stops` copy the published model's
+`generation_config.json` `eos_token_id`; `traits` state what the real template accepts (read by the
+conformance tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
-
-@dataclass(frozen=True)
-class Tok:
-    """Placeholder for the id of a token string in a model config."""
-
-    text: str
-
-
-VOCAB = "__vocab_size__"  # placeholder for len(tokenizer) in a model config
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """The family's real special tokens; `named` become tokenizer attributes processors read."""
-
-    style: Literal["byte_level", "metaspace"]
-    eos: str
-    bos: str | None = None
-    pad: str | None = None
-    unk: str | None = None
-    add_bos: bool = False  # the real tokenizer prepends bos on encode
-    special: tuple[str, ...] = ()
-    plain: tuple[str, ...] = ()  # added but not special (e.g. <think>, <tool_call> in Qwen)
-    named: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ProcessorSpec:
-    cls: str  # transformers processor class
-    image: tuple[str, Mapping[str, Any]]  # image processor class, kwargs
-    video: tuple[str, Mapping[str, Any]] | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FamilySpec:
-    name: str
-    model_type: str
-    template: tuple[Literal["trl", "shared"], str]  # trl file name, or folder under templates_root
-    tokenizer: TokenizerSpec
-    config_cls: str
-    config: Mapping[str, Any]
-    processor: ProcessorSpec | None = None  # None: text-only family, tokenizer only
-
-    @property
-    def is_vlm(self) -> bool:
-        return self.processor is not None
-
+from .schema import VOCAB, FamilySpec, ProcessorSpec, TemplateTraits, Tok, TokenizerSpec, index_specs
 
 # --- shared pieces -------------------------------------------------------------------------------
 
@@ -146,6 +101,10 @@ _QWEN_VL_IDS = dict(
     vision_start_token_id=Tok("<|vision_start|>"),
     vision_end_token_id=Tok("<|vision_end|>"),
 )
+_QWEN_STOPS = ("<|im_end|>", "<|endoftext|>")  # Qwen2/2.5/3(-VL) generation_config: [151645, 151643]
+_LLAMA3_STOPS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")  # Llama 3.x: [128001, 128008, 128009]
+_TOOLS = TemplateTraits(tools=True)
+_REASONING = TemplateTraits(tools=True, history_rewrites=True, reasoning=True)
 _QWEN_VL_PROC = dict(image=("Qwen2VLImageProcessor", _QWEN_IMG), video=("Qwen2VLVideoProcessor", _QWEN_IMG))
 
 
@@ -153,16 +112,17 @@ _QWEN_VL_PROC = dict(image=("Qwen2VLImageProcessor", _QWEN_IMG), video=("Qwen2VL
 
 _TABLE = (
     FamilySpec(
-        "qwen2_vl", "qwen2_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2VLConfig",
+        "qwen2_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2VLConfig",
         dict(
             text_config=_text(rope_parameters=_MROPE),
             vision_config=_qwen_vision(embed_dim=32, hidden_size=64, mlp_ratio=2),
             **_QWEN_VL_IDS,
         ),
         ProcessorSpec("Qwen2VLProcessor", **_QWEN_VL_PROC),
+        generation_stops=_QWEN_STOPS,
     ),
     FamilySpec(
-        "qwen2_5_vl", "qwen2_5_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2_5_VLConfig",
+        "qwen2_5_vl", ("trl", "qwen2_5_vl.jinja"), QWEN_VL_TOK, "Qwen2_5_VLConfig",
         dict(
             text_config=_text(rope_parameters=_MROPE),
             vision_config=_qwen_vision(
@@ -172,9 +132,10 @@ _TABLE = (
             **_QWEN_VL_IDS,
         ),
         ProcessorSpec("Qwen2_5_VLProcessor", **_QWEN_VL_PROC),
+        generation_stops=_QWEN_STOPS,
     ),
     FamilySpec(
-        "qwen3_vl", "qwen3_vl", ("trl", "qwen3_vl.jinja"), QWEN_VL_TOK, "Qwen3VLConfig",
+        "qwen3_vl", ("trl", "qwen3_vl.jinja"), QWEN_VL_TOK, "Qwen3VLConfig",
         dict(
             text_config=_text(head_dim=16, rope_parameters={**_MROPE, "mrope_interleaved": True}),
             vision_config=_qwen_vision(
@@ -186,9 +147,11 @@ _TABLE = (
         ProcessorSpec(
             "Qwen3VLProcessor", ("Qwen2VLImageProcessor", _QWEN_IMG), ("Qwen3VLVideoProcessor", _QWEN_IMG)
         ),
+        generation_stops=_QWEN_STOPS,
+        traits=_TOOLS,
     ),
     FamilySpec(
-        "idefics3", "idefics3", ("trl", "idefics3.jinja"),  # Idefics3-8B-Llama3 template: Llama 3 tokens
+        "idefics3", ("trl", "idefics3.jinja"),  # Idefics3-8B-Llama3 template: Llama 3 tokens
         TokenizerSpec(
             "byte_level",
             bos="<|begin_of_text|>",
@@ -210,7 +173,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "smolvlm", "smolvlm", ("trl", "smolvlm.jinja"),
+        "smolvlm", ("trl", "smolvlm.jinja"),
         TokenizerSpec(
             "byte_level",
             bos="<|im_start|>",
@@ -241,7 +204,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "gemma3", "gemma3", ("trl", "gemma3.jinja"),
+        "gemma3", ("trl", "gemma3.jinja"),
         TokenizerSpec(
             "metaspace",
             bos="<bos>",
@@ -272,9 +235,11 @@ _TABLE = (
             "Gemma3Processor", ("Gemma3ImageProcessor", {"size": _SQUARE32, "do_pan_and_scan": False}),
             kwargs={"image_seq_length": 4},
         ),
+        generation_stops=("<eos>", "<end_of_turn>"),  # Gemma 3: [1, 106]
+        traits=TemplateTraits(refuses={"alternation": "alternate"}),
     ),
     FamilySpec(
-        "llava", "llava", ("shared", "llava"), LLAMA2_TOK, "LlavaConfig",
+        "llava", ("shared", "llava"), LLAMA2_TOK, "LlavaConfig",
         dict(
             text_config=dict(model_type="llama", **_text()),
             vision_config=_tower(model_type="clip_vision_model", num_hidden_layers=2, projection_dim=32),
@@ -288,7 +253,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "llava_next", "llava_next", ("trl", "llava_next.jinja"),  # llava-v1.6-mistral: pad is <unk>
+        "llava_next", ("trl", "llava_next.jinja"),  # llava-v1.6-mistral: pad is <unk>
         replace(LLAMA2_TOK, pad="<unk>"),
         "LlavaNextConfig",
         dict(
@@ -306,7 +271,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "llava_onevision", "llava_onevision", ("shared", "llava_onevision"),
+        "llava_onevision", ("shared", "llava_onevision"),
         TokenizerSpec(
             "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
             named={"image_token": "<image>", "video_token": "<video>"},
@@ -328,7 +293,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "mllama", "mllama", ("shared", "mllama"),
+        "mllama", ("shared", "mllama"),
         replace(LLAMA3_TOK, special=(*LLAMA3_TOK.special, "<|image|>")),
         "MllamaConfig",
         dict(
@@ -340,9 +305,11 @@ _TABLE = (
             image_token_index=Tok("<|image|>"),
         ),
         ProcessorSpec("MllamaProcessor", ("MllamaImageProcessor", {"size": _SQUARE32, "max_image_tiles": 1})),
+        generation_stops=_LLAMA3_STOPS,
+        traits=TemplateTraits(system="str"),
     ),
     FamilySpec(
-        "mistral3", "mistral3", ("shared", "mistral3"),  # special_tokens.json adds the tool markers
+        "mistral3", ("shared", "mistral3"),  # special_tokens.json adds the tool markers
         TokenizerSpec(
             "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
             special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
@@ -360,9 +327,11 @@ _TABLE = (
             "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
             kwargs={"patch_size": 8, "spatial_merge_size": 2},
         ),
+        # Mistral-Small-3.1's alternation check never fires: it builds the checked list inside a loop scope.
+        traits=TemplateTraits(),
     ),
     FamilySpec(
-        "internvl", "internvl", ("shared", "internvl"),
+        "internvl", ("shared", "internvl"),
         TokenizerSpec(
             "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
             named={
@@ -389,7 +358,7 @@ _TABLE = (
         ),
     ),
     FamilySpec(
-        "lfm2_vl", "lfm2_vl", ("shared", "lfm2_vl"),
+        "lfm2_vl", ("shared", "lfm2_vl"),
         TokenizerSpec(
             "byte_level",
             bos="<|startoftext|>",
@@ -419,22 +388,34 @@ _TABLE = (
                                       "do_image_splitting": False, "min_image_tokens": 4,
                                       "max_image_tokens": 16}),
         ),
+        traits=_TOOLS,
     ),
     # --- text-only families ----------------------------------------------------------------------
-    FamilySpec("llama", "llama", ("trl", "llama3_2.jinja"), LLAMA3_TOK, "LlamaConfig", _text()),
-    FamilySpec("qwen2", "qwen2", ("trl", "qwen2_5.jinja"), QWEN_TOK, "Qwen2Config", _text()),
-    FamilySpec("qwen3", "qwen3", ("trl", "qwen3.jinja"), QWEN3_TOK, "Qwen3Config", _text(head_dim=16)),
     FamilySpec(
-        "phi3", "phi3", ("trl", "phi3.jinja"),
+        "llama", ("trl", "llama3_2.jinja"), LLAMA3_TOK, "LlamaConfig", _text(),
+        generation_stops=_LLAMA3_STOPS,
+        traits=TemplateTraits(tools=True, refuses={"parallel_tools": "single tool-calls"}),
+    ),
+    FamilySpec(
+        "qwen2", ("trl", "qwen2_5.jinja"), QWEN_TOK, "Qwen2Config", _text(),
+        generation_stops=_QWEN_STOPS, traits=_TOOLS,
+    ),
+    FamilySpec(
+        "qwen3", ("trl", "qwen3.jinja"), QWEN3_TOK, "Qwen3Config", _text(head_dim=16),
+        generation_stops=_QWEN_STOPS, traits=_REASONING,
+    ),
+    FamilySpec(
+        "phi3", ("trl", "phi3.jinja"),
         TokenizerSpec(
             "metaspace", bos="<s>", eos="<|end|>", pad="<|endoftext|>", unk="<unk>",
             special=("</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|user|>"),
         ),
         "Phi3Config",
         _text(),
+        generation_stops=("<|endoftext|>", "<|assistant|>", "<|end|>"),  # Phi-3: [32000, 32001, 32007]
     ),
     FamilySpec(
-        "glm4_moe", "glm4_moe", ("trl", "glm4moe.jinja"),
+        "glm4_moe", ("trl", "glm4moe.jinja"),
         TokenizerSpec(
             "byte_level",
             eos="<|endoftext|>",
@@ -449,7 +430,9 @@ _TABLE = (
             head_dim=16, moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1,
             num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1,
         ),
+        generation_stops=("<|endoftext|>", "<|user|>", "<|observation|>"),  # GLM-4.5: [151329, 151336, 151338]
+        traits=_REASONING,
     ),
 )  # fmt: skip
 
-FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in _TABLE}
+FAMILIES: dict[str, FamilySpec] = index_specs(_TABLE)

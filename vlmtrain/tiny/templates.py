@@ -7,16 +7,23 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from .specs import FAMILIES, FamilySpec
+from vlmtrain.families import FamilyError
+
+from .schema import FamilySpec
+from .specs import FAMILIES
 
 TEMPLATES_ENV = "VLMTRAIN_TEMPLATES_ROOT"  # fallback for families whose template is not shipped by trl
 
 
 def spec_for(family: str) -> FamilySpec:
+    """The tiny spec of a registry family; a name without one is the user's error (``tiny:<family>``)."""
     try:
         return FAMILIES[family]
     except KeyError:
-        raise ValueError(f"unknown tiny family {family!r}; choose from {sorted(FAMILIES)}") from None
+        raise FamilyError(
+            f"unknown tiny family {family!r} (as in model.name_or_path: tiny:{family}); "
+            f"choose from {', '.join(FAMILIES)}"
+        ) from None
 
 
 def _shared_dir(family: str, folder: str, templates_root: str | Path | None) -> Path:

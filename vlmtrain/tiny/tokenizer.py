@@ -24,7 +24,7 @@ from tokenizers import (
 from transformers import PreTrainedTokenizerFast
 
 from .corpus import corpus
-from .specs import TokenizerSpec
+from .schema import TokenizerSpec
 
 VOCAB_SIZE = 1000
 _BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]

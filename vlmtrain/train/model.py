@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlmtrain.errors import ConfigError
 from vlmtrain.families.family import Family
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,18 @@ def load_model(model_cfg: Any, adapter_cfg: Any, family: Family | None, bf16: bo
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"] if kwargs["dtype"] != torch.float32 else torch.bfloat16,
         )
-    return auto.from_pretrained(model_cfg.name_or_path, **kwargs)
+    model = auto.from_pretrained(model_cfg.name_or_path, **kwargs)
+    _keep_used_weight_conversions(model)
+    return model
+
+
+def _keep_used_weight_conversions(model: nn.Module) -> None:
+    """Under ZeRO-3, transformers keeps *every* key renaming of the family for saving, also those the checkpoint
+    never used, and reverting them writes ``model.model.layers...`` instead of the checkpoint's own names. Keep
+    only the renamings that matched, as the ordinary load path does."""
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if not hasattr(c, "was_used") or c.was_used()]
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -71,7 +83,8 @@ def apply_freeze(model: nn.Module, freeze_cfg: Any, family: Family | None) -> No
         if not freeze_cfg.get(part):
             continue
         if not groups[part]:
-            raise ValueError(f"model.freeze.{part}: the family declares no {part} modules for this model")
+            raise ConfigError(f"model.freeze.{part}: the family declares no {part} modules for this model; "
+                              f"remove model.freeze.{part}, or freeze by training a LoRA adapter instead")
         others = tuple(p for g, ps in groups.items() if g != part for p in ps if p not in groups[part])
         count = 0
         for name, param in model.named_parameters():
@@ -79,7 +92,9 @@ def apply_freeze(model: nn.Module, freeze_cfg: Any, family: Family | None) -> No
                 param.requires_grad_(False)
                 count += 1
         if count == 0:
-            raise ValueError(f"model.freeze.{part}: no parameters found under {groups[part]}")
+            raise ConfigError(f"model.freeze.{part}: no parameters found under {list(groups[part])} in this "
+                              f"model; its module names differ from the family's: remove model.freeze.{part} "
+                              "or set model.family to the right family")
         log.info("froze %s (%d tensors)", part, count)
 
 
@@ -103,14 +118,32 @@ def attach_adapter(model: nn.Module, adapter_cfg: Any, family: Family | None) ->
     if targets == "auto":
         targets = language_linear_names(model, family)
         if not targets:
-            raise ValueError("adapter.target_modules=auto found no linear layers in the language model; "
-                             "list them explicitly")
+            raise ConfigError("adapter.target_modules=auto found no linear layers in the language model; "
+                              "list them explicitly (adapter.target_modules: [q_proj, v_proj, ...])")
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | {n for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ConfigError(f"adapter.target_modules: {missing} match no module of this model; use module names "
+                          "it has (e.g. q_proj, v_proj) or adapter.target_modules: auto")
     config = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=adapter_cfg.dropout,
                         target_modules=list(targets), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
+def require_trainable(trainable: int) -> None:
+    """A run whose every parameter is frozen would 'succeed' without learning anything."""
+    if trainable == 0:
+        raise ConfigError("model.freeze: every parameter is frozen, so training would change nothing; unfreeze a "
+                          "part (model.freeze.language_model: false) or attach an adapter (adapter.type: lora)")
+
+
+def _numel(param: nn.Parameter) -> int:
+    """The parameter's full size: under ZeRO-3 the local tensor is an empty placeholder, ``ds_numel`` is real."""
+    return int(getattr(param, "ds_numel", 0) or param.numel())
+
+
 def parameter_summary(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts of the whole model, also when ZeRO-3 has partitioned it."""
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
     return trainable, total

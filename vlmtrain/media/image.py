@@ -8,22 +8,32 @@ valid header and would otherwise only fail mid-training.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from vlmtrain.data.errors import DataError
+from vlmtrain.errors import DataError, Reason
 
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 _WHITE = (255, 255, 255)
 
 
-def set_pixel_limit(max_pixels: int | None) -> None:
-    """``data.max_image_pixels`` -> Pillow's decompression-bomb guard (None switches the guard off)."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
+@contextlib.contextmanager
+def _pillow_guard_above(max_pixels: int | None) -> Iterator[None]:
+    """Let Pillow's own decompression-bomb guard (a module global) pass what ``max_pixels`` allows, for one
+    probe only; vlmtrain applies ``max_pixels`` itself and restores Pillow's setting afterwards."""
+    original = Image.MAX_IMAGE_PIXELS
+    if original is not None and (max_pixels is None or max_pixels > 2 * original):
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = original
 
 
 def _source(ref: str | bytes) -> str | io.BytesIO:
@@ -39,18 +49,17 @@ def probe_image(ref: str | bytes, where: str, max_pixels: int | None) -> tuple[i
 
     Raises a one-line ``DataError`` for a missing, empty, unreadable, truncated or over-limit image.
     """
-    set_pixel_limit(max_pixels)
     label = _label(ref)
     if isinstance(ref, str):
         path = Path(ref)
         if not path.is_file():
             raise DataError(f"{where}: image file not found: {ref}; add the file or fix the path in the row",
-                            "missing image")
+                            Reason.MISSING_MEDIA)
         if path.stat().st_size == 0:
             raise DataError(f"{where}: {label} is an empty (0-byte) file; replace it or remove the row",
-                            "unreadable image")
+                            Reason.UNREADABLE_MEDIA)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_guard_above(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below, as an error
             with Image.open(_source(ref)) as image:
                 width, height = image.size
@@ -58,19 +67,19 @@ def probe_image(ref: str | bytes, where: str, max_pixels: int | None) -> tuple[i
                     raise DataError(
                         f"{where}: {label} has {width}x{height} = {width * height} pixels, over "
                         f"data.max_image_pixels={max_pixels} (Pillow's decompression-bomb guard); downscale "
-                        "it, or raise data.max_image_pixels if you trust the file", "image over pixel limit")
+                        "it, or raise data.max_image_pixels if you trust the file", Reason.MEDIA_OVER_LIMIT)
                 image.load()
                 orientation = image.getexif().get(0x0112)
     except DataError:
         raise
     except Image.DecompressionBombError as err:
         raise DataError(f"{where}: {label} is over Pillow's decompression-bomb limit ({err}); downscale it, "
-                        "or raise data.max_image_pixels if you trust the file", "image over pixel limit"
+                        "or raise data.max_image_pixels if you trust the file", Reason.MEDIA_OVER_LIMIT
                         ) from err
     except Exception as err:  # Pillow raises many types for corrupt data
         message = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{where}: {label} cannot be decoded ({message}); it is truncated or not an image: "
-                        "re-export it as PNG/JPEG or remove the row", "unreadable image") from err
+                        "re-export it as PNG/JPEG or remove the row", Reason.UNREADABLE_MEDIA) from err
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
@@ -115,11 +124,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def open_image(path: str | bytes, where: str = "") -> Image.Image:
     """Decode an image for the processor (collate time); errors name the row."""
-    try:
-        with Image.open(_source(path)) as image:
+    try:  # the probe already held the file to data.max_image_pixels
+        with _pillow_guard_above(None), Image.open(_source(path)) as image:
             image.load()
             return to_rgb(image)
     except FileNotFoundError as err:
-        raise DataError(f"{where}: image file not found: {path}", "missing image") from err
+        raise DataError(f"{where}: image file not found: {path}", Reason.MISSING_MEDIA) from err
     except Exception as err:  # Pillow raises many types for corrupt files
-        raise DataError(f"{where}: cannot read {_label(path)}: {err}", "unreadable image") from err
+        raise DataError(f"{where}: cannot read {_label(path)}: {err}", Reason.UNREADABLE_MEDIA) from err

@@ -1,7 +1,7 @@
 """One split, end to end: read every source, render, apply the row policies, mix, and cache (or just check).
 
-``prepare_split`` is the single entry that ``fit``, ``preprocess`` and ``preprocess --check`` share, so the
-three can never disagree about which rows exist or what they contain.
+``prepare_split`` is the single entry that ``fit`` (``load_split``), ``preprocess`` and ``preprocess --check``
+share, so the three can never disagree about which rows exist or what they contain.
 """
 
 from __future__ import annotations
@@ -16,26 +16,17 @@ from typing import Any
 import datasets
 import numpy as np
 
-from vlmtrain.data.build import (
-    BuildReport,
-    BuildSettings,
-    apply_policies,
-    examples_dataset,
-    no_rows_message,
-    render_rows,
-)
 from vlmtrain.data.cache import CacheEntry, cache_root, load_or_build
-from vlmtrain.data.errors import DataError
 from vlmtrain.data.examples import Example, context_for, example_from_raw
 from vlmtrain.data.fingerprint import cache_key, key_components
-from vlmtrain.data.images import set_pixel_limit
 from vlmtrain.data.mix import mix_indices
+from vlmtrain.data.policies import BuildReport, BuildSettings
+from vlmtrain.data.rows import apply_policies, examples_dataset, no_rows_message, render_rows
 from vlmtrain.data.sources import iter_rows
-from vlmtrain.render.pipeline import MaskedRenderer
+from vlmtrain.errors import DataError, Reason
+from vlmtrain.mask.pipeline import MaskedRenderer
 
 log = logging.getLogger("vlmtrain")
-
-_ALWAYS_FATAL = ("config", "empty source")  # problems of a whole source, not of a row
 
 
 @dataclass
@@ -55,7 +46,7 @@ class SplitResult:
 
 def split_sources(cfg: Any, split: str) -> list[Any]:
     if split not in ("train", "eval"):
-        raise DataError(f"unknown split {split!r}: use train or eval", "config")
+        raise DataError(f"unknown split {split!r}: use train or eval", Reason.CONFIG)
     return list(cfg.data[split])
 
 
@@ -79,7 +70,7 @@ def read_examples(cfg: Any, sources: list[Any], settings: BuildSettings, report:
         if isinstance(item, Example):
             examples.append(item)
             continue
-        if item.reason in _ALWAYS_FATAL or (raise_fatal and settings.is_fatal(item.reason)):
+        if item.reason.is_source_problem or (raise_fatal and settings.is_fatal(item.reason)):
             raise item
         report.drop(item.reason, str(item))
         report.fatal += settings.is_fatal(item.reason)
@@ -97,7 +88,7 @@ def build_split(cfg: Any, renderer: MaskedRenderer, sources: list[Any], *, num_p
     kept = apply_policies(rendered, settings, report)
     if not len(kept):
         if raise_fatal:
-            raise DataError(no_rows_message(report), "no rows")
+            raise DataError(no_rows_message(report), Reason.NO_ROWS)
         return kept, report
     order = mix_indices(kept["source"], [float(s.weight) for s in sources], int(cfg.data.seed))
     if len(order) != len(kept) or (order != np.arange(len(kept))).any():
@@ -114,7 +105,6 @@ def prepare_split(cfg: Any, renderer: MaskedRenderer, split: str, *, num_proc: i
     sources = split_sources(cfg, split)
     if not sources:
         return None
-    set_pixel_limit(cfg.data.max_image_pixels)
     start = time.perf_counter()
     desc = f"rendering {split}"
     if check:
@@ -139,3 +129,13 @@ def prepare_split(cfg: Any, renderer: MaskedRenderer, split: str, *, num_proc: i
     report = built.get("report") or BuildReport.from_dict(meta.get("report", {}))
     return SplitResult(split, report, dataset=dataset, key=entry.key, path=entry.path, hit=hit,
                        seconds=time.perf_counter() - start, sources=len(sources), meta=meta)
+
+
+def load_split(cfg: Any, renderer: MaskedRenderer, split: str) -> datasets.Dataset:
+    """The split's rendered, masked rows via the cache (logs ``cache hit <key>`` when it is reused)."""
+    result = prepare_split(cfg, renderer, split)
+    if result is None or result.dataset is None:
+        raise DataError(f"data.{split} has no sources; add one (data.{split}[0].path)", Reason.CONFIG)
+    for line in result.report.lines():
+        (log.warning if line.startswith("WARNING") else log.info)("%s: %s", split, line)
+    return result.dataset

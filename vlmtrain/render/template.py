@@ -4,20 +4,22 @@ Mechanism (one for every family): render growing prefixes of the conversation th
 compare strings to get each message's character span; the generation prompt rendered before an assistant turn
 is what the inference engine feeds, so the assistant's sampled tokens start where that prompt ends and run to
 the first stop token the registry declares. Character spans become token spans through the fast tokenizer's
-offsets; media expansion done by the processor is aligned afterwards.
+offsets; media expansion done by the processor is aligned afterwards (``expand.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from difflib import SequenceMatcher
 from typing import Any
 
 import numpy as np
 
 from vlmtrain.families.resolve import ResolvedFamily
-from vlmtrain.render.chat import ChatRenderer
-from vlmtrain.render.rendered import CONTENT, MARKER, MEDIA, NO_MESSAGE, RenderedRow
+from vlmtrain.render.attributor import RenderInput
+from vlmtrain.render.chat import TEMPLATE_ERRORS, ChatRenderer
+from vlmtrain.render.expand import expand_media, mark_media
+from vlmtrain.render.messages import drop_nulls, in_forms, text_parts
+from vlmtrain.render.row import CONTENT, MARKER, NO_MESSAGE, MaskedRow
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -32,24 +34,6 @@ def _common_prefix_len(a: str, b: str) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def drop_nulls(value: Any) -> Any:
-    """Remove None-valued keys: Arrow merges row schemas and templates would render the injected nulls."""
-    if isinstance(value, dict):
-        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [drop_nulls(v) for v in value]
-    return value
-
-
-def _text_parts(message: dict) -> list[str]:
-    content = message.get("content")
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    return []
 
 
 def _shared_tail_len(tail: str, full: str, at: int) -> int:
@@ -71,21 +55,29 @@ def _shared_tail_len(tail: str, full: str, at: int) -> int:
     return 0
 
 
-def _message_starts(renderer: ChatRenderer, messages: Sequence[dict], full: str, tools: Any) -> list[int]:
-    """Character offset in ``full`` where each message's template span starts."""
+def _message_starts(renderer: ChatRenderer, messages: Sequence[dict], full: str, tools: Any
+                    ) -> tuple[list[int], int]:
+    """Character offset in ``full`` where each message's template span starts, and how many spans merged.
+
+    Some templates cannot render every prefix (``messages[0]`` of an empty list; Llama 3 puts the tools in
+    the first user message and refuses a prefix without one): message k-1's span then joins k's, which only
+    moves template text between two adjacent messages' display, never what is sampled; the count is reported.
+    """
     starts: list[int] = []
+    merged = 0
     for k in range(len(messages)):
+        # transformers refuses to render an empty conversation (ValueError): message 0 then starts at 0.
+        refusals = (*TEMPLATE_ERRORS, ValueError) if k == 0 else TEMPLATE_ERRORS
         try:
             prefix = renderer.render(messages[:k], tools=tools)
-        except Exception:
-            # Some templates cannot render every prefix (messages[0] of an empty list; Llama 3 puts the tools
-            # in the first user message and refuses a prefix without one): message k-1's span joins k's.
+        except refusals:
             starts.append(starts[-1] if starts else 0)
+            merged += k > 0
             continue
         start = _common_prefix_len(prefix, full)
         start += _shared_tail_len(prefix[start:], full, start)
         starts.append(max(start, starts[-1] if starts else 0))
-    return starts
+    return starts, merged
 
 
 def _content_mask(full: str, starts: list[int], messages: Sequence[dict], tok_starts: np.ndarray) -> np.ndarray:
@@ -94,7 +86,7 @@ def _content_mask(full: str, starts: list[int], messages: Sequence[dict], tok_st
     ranges: list[tuple[int, int]] = []
     for k, message in enumerate(messages):
         cursor, end = starts[k], bounds[k]
-        for part in _text_parts(message):
+        for part in text_parts(message):
             needle = part.strip()
             if not needle:
                 continue
@@ -114,18 +106,13 @@ def _is_blank(renderer: ChatRenderer, token_id: int) -> bool:
     return not renderer.tokenizer.decode([int(token_id)]).strip()
 
 
-def render_row(
-    renderer: ChatRenderer,
-    family: ResolvedFamily,
-    messages: Sequence[dict],
-    images: list[Any] | None = None,
-    tools: list[dict] | None = None,
-) -> RenderedRow:
-    """Render ``messages`` with the model's template, expand media with its processor, and attribute tokens."""
+def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messages: Sequence[dict],
+                          tools: list[dict] | None = None) -> MaskedRow:
+    """Render ``messages`` with the model's template and attribute every token (media not yet expanded)."""
     messages = [drop_nulls(m) for m in messages]
     roles = [str(m.get("role")) for m in messages]
     full = renderer.render(messages, tools=tools)
-    starts = _message_starts(renderer, messages, full, tools)
+    starts, merged = _message_starts(renderer, messages, full, tools)
 
     # Where each assistant turn's sampled text begins: the end of the prompt the inference engine would feed.
     sample_from: dict[int, int] = {}
@@ -183,76 +170,21 @@ def render_row(
             end = non_blank[-1] if non_blank else first - 1
         sampled[first:end + 1] = True
 
-    row = RenderedRow(input_ids=ids, message_index=message_index, kind=kind, sampled=sampled,
-                      ends_turn=ends_turn, roles=roles, text=full, appended_stop=appended)
-    if renderer.is_processor and images:
-        row = _expand_media(row, renderer, images)
-    is_media = np.isin(row.input_ids, family.media_ids)
-    row.kind[is_media] = MEDIA
-    row.sampled &= ~is_media
-    return row
+    return MaskedRow(input_ids=ids, message_index=message_index, kind=kind, sampled=sampled, ends_turn=ends_turn,
+                     roles=roles, text=full, appended_stop=appended, merged_spans=merged)
 
 
-def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run-length encoding: (value, start, length) of each run of equal ids."""
-    if not len(ids):
-        return ids, ids, ids
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    return ids[starts], starts, np.diff(np.r_[starts, len(ids)])
+class TemplateAttributor:
+    """Prefix renders through the model's real chat template, with the registry family's stop tokens."""
+
+    name = "family"
+
+    def __init__(self, chat: ChatRenderer, family: ResolvedFamily) -> None:
+        self.chat, self.family = chat, family
+
+    def attribute(self, sample: RenderInput) -> MaskedRow:
+        messages = in_forms(sample.messages, self.chat.content_forms)
+        row = attribute_by_template(self.chat, self.family, messages, tools=sample.tools)
+        return mark_media(expand_media(row, self.chat, sample.media), self.family.media_ids)
 
 
-def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
-    """For each expanded id, the index of the plain id it is (-1 where the processor inserted it).
-
-    The common prefix and suffix are matched with numpy. The stretch between the first and the last image is
-    diffed run-length encoded, so an image's hundreds of repeated media ids are one element and the diff stays
-    linear in the number of images.
-    """
-    source = np.full(len(expanded), -1, dtype=np.int64)
-    n = min(len(plain), len(expanded))
-    differs = np.flatnonzero(plain[:n] != expanded[:n])
-    head = int(differs[0]) if differs.size else n
-    differs = np.flatnonzero(plain[::-1][:n - head] != expanded[::-1][:n - head])
-    tail = int(differs[0]) if differs.size else n - head
-    source[:head] = np.arange(head)
-    if tail:
-        source[len(expanded) - tail:] = np.arange(len(plain) - tail, len(plain))
-    a_vals, a_starts, a_lens = _runs(plain[head:len(plain) - tail])
-    b_vals, b_starts, b_lens = _runs(expanded[head:len(expanded) - tail])
-    blocks = [m for m in SequenceMatcher(None, a_vals.tolist(), b_vals.tolist(), autojunk=False)
-              .get_matching_blocks() if m.size]
-    if blocks:
-        ra = np.concatenate([np.arange(m.a, m.a + m.size) for m in blocks])
-        rb = np.concatenate([np.arange(m.b, m.b + m.size) for m in blocks])
-        count = np.minimum(a_lens[ra], b_lens[rb])  # a matched run keeps its shorter length; the rest is inserted
-        within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        source[head + np.repeat(b_starts[rb], count) + within] = head + np.repeat(a_starts[ra], count) + within
-    return source
-
-
-def _expand_media(row: RenderedRow, renderer: ChatRenderer, images: list[Any]) -> RenderedRow:
-    """Run the processor (which expands each image placeholder) and carry attribution over to its ids.
-
-    Tokens the processor inserts take the message of the token before them and are never sampled; they are
-    media or scaffolding around media (Gemma 3 wraps images in blank lines).
-    """
-    encoded = renderer.encode([row.text], [images])
-    expanded = np.asarray(encoded["input_ids"][0], dtype=np.int64)
-    if np.array_equal(expanded, row.input_ids):
-        return row
-    source = _align(row.input_ids, expanded)
-    # Inserted tokens inherit the message of the nearest preceding mapped token.
-    filled = np.maximum.accumulate(np.where(source >= 0, np.arange(len(source)), -1))
-    anchor = np.where(filled >= 0, source[np.maximum(filled, 0)], -1)
-    inserted = source < 0
-    message_index = np.where(anchor >= 0, row.message_index[np.maximum(anchor, 0)], NO_MESSAGE)
-    kind = np.where(inserted, MARKER, row.kind[np.maximum(source, 0)]).astype(np.int8)
-    sampled = np.where(inserted, False, row.sampled[np.maximum(source, 0)])
-    ends_turn = np.where(inserted, NO_MESSAGE, row.ends_turn[np.maximum(source, 0)])
-    extras = {
-        key: np.asarray(value[0]) for key, value in encoded.items()
-        if key in ("mm_token_type_ids", "token_type_ids") and len(value[0]) == len(expanded)
-    }
-    return RenderedRow(input_ids=expanded, message_index=message_index, kind=kind, sampled=sampled,
-                       ends_turn=ends_turn, roles=row.roles, text=row.text, appended_stop=row.appended_stop,
-                       extras=extras)

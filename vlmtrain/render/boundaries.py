@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from vlmtrain.render.rendered import CONTENT, MARKER, MEDIA, NO_MESSAGE, RenderedRow
+from vlmtrain.errors import VlmtrainError
+from vlmtrain.media.kinds import stand_ins
+from vlmtrain.render.attributor import RenderInput
+from vlmtrain.render.chat import ChatRenderer
+from vlmtrain.render.expand import mark_media
+from vlmtrain.render.messages import drop_nulls, in_forms
+from vlmtrain.render.row import CONTENT, MARKER, NO_MESSAGE, MaskedRow
 
 log = logging.getLogger(__name__)
 
 
-class BoundaryError(ValueError):
+class BoundaryError(VlmtrainError):
     """A ``mask.role_boundaries`` entry that cannot be used with this tokenizer."""
 
 
@@ -72,8 +78,8 @@ def _match(ids: list[int], at: int, seq: tuple[int, ...]) -> bool:
     return ids[at:at + len(seq)] == list(seq)
 
 
-def scan_row(input_ids: np.ndarray, boundaries: list[Boundary], text: str, media_ids: np.ndarray) -> RenderedRow:
-    """Attribute tokens by scanning for declared markers (axolotl's semantics), producing a RenderedRow."""
+def scan_row(input_ids: np.ndarray, boundaries: list[Boundary], text: str) -> MaskedRow:
+    """Attribute tokens by scanning for declared markers (axolotl's semantics)."""
     ids = input_ids.tolist()
     n = len(ids)
     message_index = np.full(n, NO_MESSAGE, dtype=np.int64)
@@ -107,8 +113,24 @@ def scan_row(input_ids: np.ndarray, boundaries: list[Boundary], text: str, media
             sampled[stop] = is_assistant
             resume = end_at + len(boundary.end)
         i = max(resume, i + 1)
-    is_media = np.isin(input_ids, media_ids)
-    kind[is_media] = MEDIA
-    sampled &= ~is_media
-    return RenderedRow(input_ids=np.asarray(input_ids, dtype=np.int64), message_index=message_index, kind=kind,
-                       sampled=sampled, ends_turn=ends_turn, roles=roles, text=text)
+    return MaskedRow(input_ids=np.asarray(input_ids, dtype=np.int64), message_index=message_index, kind=kind,
+                     sampled=sampled, ends_turn=ends_turn, roles=roles, text=text)
+
+
+class BoundaryAttributor:
+    """``mask.role_boundaries``: the rendered ids (media expanded) scanned for the declared markers."""
+
+    name = "role_boundaries"
+
+    def __init__(self, chat: ChatRenderer, boundaries: list[Boundary], media_ids: np.ndarray) -> None:
+        self.chat, self.boundaries, self.media_ids = chat, boundaries, media_ids
+
+    def attribute(self, sample: RenderInput) -> MaskedRow:
+        messages = in_forms(sample.messages, self.chat.content_forms)
+        text = self.chat.render([drop_nulls(m) for m in messages], tools=sample.tools)
+        if sample.media:
+            ids = np.asarray(self.chat.encode([text], stand_ins([sample.media]))["input_ids"][0], dtype=np.int64)
+        else:
+            ids = self.chat.text_tokens(text)[0]
+        row = scan_row(ids, self.boundaries, text)
+        return mark_media(replace(row, media=tuple(sample.media)), self.media_ids)
