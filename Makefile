@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 quickstart: install
-	$(BIN)/vlmtrain fit configs/quickstart.yaml
+	$(BIN)/vlmtrain fit configs/quickstart.yaml training.overwrite_output_dir=true
 
 # In CI (CI=true) the browser test is required, so chromium is installed first; elsewhere nothing is
 # installed and that one test skips, saying how to run it.

@@ -78,7 +78,7 @@ def fit(
     try:
         result = run_fit(cfg)
     except _user_errors() as err:
-        _fail(str(err))
+        _fail(str(err), getattr(err, "exit_code", 2))  # a preempted run exits 3: saved, resumable
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"steps: {result.steps}  loss: {result.first_loss:.4f} -> {result.final_loss:.4f}  "
                    f"trained tokens/epoch: {result.trained_tokens_per_epoch}  saved: {result.output_dir}")

@@ -56,9 +56,14 @@ _KINDS = {
 _MISMATCH = object()
 
 
+# Keys vlmtrain reads under ``training`` that SFTConfig no longer has (popped before SFTConfig is built):
+# overwrite_output_dir: start over in an output_dir that holds checkpoints (they are deleted).
+VLMTRAIN_TRAINING_KEYS: dict[str, list[str]] = {"overwrite_output_dir": ["bool"]}
+
+
 def check_training(cfg: DictConfig, origins: Origins) -> None:
     """Every ``training`` key is a known, unmanaged SFTConfig field with a value of a kind it takes."""
-    fields = sft_field_kinds()
+    fields = {**sft_field_kinds(), **VLMTRAIN_TRAINING_KEYS}
     plain = cast(dict[str, Any], OmegaConf.to_container(cfg.training, resolve=True))
     for key, value in plain.items():
         key_path = join("training", key)
