@@ -63,7 +63,7 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
     assert cfg.training.learning_rate == 1e-4 and cfg.training.warmup_steps == 10
     assert [s.path for s in cfg.data.train] == ["other.jsonl", "second.jsonl"]
     assert cfg.data.train[0].image_dir == "data/images"
-    assert cfg.data.train[1].format == "conversations"  # schema defaults fill the new item
+    assert cfg.data.train[1].format == "auto"  # schema defaults fill the new item
 
 
 def test_interpolation_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 # example on a hub model fails below until its model_type is stated here.
 HUB_MODEL_TYPES = {
     "Qwen/Qwen2.5-VL-3B-Instruct": "qwen2_5_vl",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
     "HuggingFaceTB/SmolVLM-256M-Instruct": "idefics3",
 }
 EMBEDDED_DATA = {f"{PREFIX}shapes"}

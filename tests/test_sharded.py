@@ -63,10 +63,10 @@ def _run_single(config: dict, tmp_path: Path) -> Path:
     return Path(config["training"]["output_dir"])
 
 
-def _torchrun(config: dict, tmp_path: Path, fsdp_on_cpu: bool) -> subprocess.CompletedProcess:
+def _torchrun(config: dict, tmp_path: Path, fsdp_on_cpu: bool, **extra_env: str) -> subprocess.CompletedProcess:
     path = tmp_path / "sharded.yaml"
     path.write_text(json.dumps(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra_env}
     if fsdp_on_cpu:
         env["VLMTRAIN_TEST_FSDP_ON_CPU"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FSDP_ON_CPU), env.get("PYTHONPATH")]))
@@ -127,12 +127,28 @@ def _saved_names(path: Path) -> set[str]:
 
 
 @pytest.mark.slow
+def test_fsdp2_lm_head_gradient_is_wrong_without_the_fix(qwen_model, shapes, single_full, tmp_path):
+    """The bug the fix exists for: TRL's fused loss never calls lm_head, so its FSDP2 unit never unshards and
+    each rank keeps its own gradient. With the fix off, lm_head alone takes a different step."""
+    out = tmp_path / "out"
+    proc = _torchrun(_config(qwen_model, shapes, out, 2, ENGINES["fsdp2"], model={"freeze": {"vision_tower": True}}),
+                     tmp_path, fsdp_on_cpu=True, VLMTRAIN_TEST_NO_LM_HEAD_FIX="1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    start, sharded, single = _weights(qwen_model), _weights(out), _weights(single_full)
+    name = "lm_head.weight"
+    error = (sharded[name] - single[name]).norm() / (single[name] - start[name]).norm()
+    assert error > 0.1, f"lm_head step off by only {float(error):.3f} without the fix"
+    norm = "model.language_model.norm.weight"
+    torch.testing.assert_close(sharded[norm] - start[norm], single[norm] - start[norm], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
 def test_sharded_lora_adapter_is_whole_and_merges(engine, qwen_model, shapes, tmp_path):
     from safetensors.torch import load_file
 
     _need_deepspeed(engine)
-    adapter = {"type": "lora", "r": 4, "merge_on_save": True}
+    adapter = {"type": "lora", "r": 4, "dropout": 0.0, "merge_on_save": True}  # dropout: RNG differs per rank
     single = _run_single(_config(qwen_model, shapes, tmp_path / "single", 4, {}, adapter=adapter), tmp_path)
     out = tmp_path / "out"
     proc = _torchrun(_config(qwen_model, shapes, out, 2, ENGINES[engine], adapter=adapter), tmp_path,
@@ -167,7 +183,7 @@ def test_fsdp_without_distributed_launch_is_refused(qwen_model, shapes, tmp_path
     cfg = load_config(None, [f"model.name_or_path={qwen_model}", f"data.train.0.path={shapes}",
                              f"data.train.0.image_dir={shapes.parent}", f"training.output_dir={tmp_path}",
                              "training.fsdp=true", "training.max_steps=1"])
-    with pytest.raises(ShardingError, match=r"needs a distributed launch.*--nproc-per-node"):
+    with pytest.raises(ShardingError, match=r"training.fsdp needs a distributed launch.*--nproc-per-node"):
         fit(cfg)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -35,7 +36,8 @@ CROSS_ATTENTION = {"mllama"}  # one <|image|> per image: pixels reach the LM thr
 
 def _skip_reason(family: str) -> str | None:
     where, folder = FAMILIES[family].template
-    if where == "shared" and not (SHARED_TEMPLATES / folder / "chat_template.jinja").is_file():
+    file = SHARED_TEMPLATES / folder if folder.endswith(".jinja") else SHARED_TEMPLATES / folder / "chat_template.jinja"
+    if where == "shared" and not file.is_file():
         return f"no shared template at {SHARED_TEMPLATES / folder}"
     return None
 
@@ -58,17 +60,21 @@ def _image(size: int = 32) -> Image.Image:
     return img
 
 
-def _conversation(vlm: bool) -> list[dict]:
-    """Two user/assistant turns; VLM turns use content parts with a PIL image in the first one."""
+def _conversation(vlm: bool, assistant_form: str = "list") -> list[dict]:
+    """Two user/assistant turns; VLM turns use content parts with a PIL image in the first one (assistant text as
+    a string where the template reads one: ``TemplateTraits.assistant``)."""
     if not vlm:
         texts = ["What shape is this?", "A red circle.", "What color is it?", "Red."]
         return [{"role": r, "content": t} for r, t in zip(["user", "assistant"] * 2, texts, strict=True)]
     image = {"type": "image", "image": _image()}
+    def answer(text: str) -> Any:
+        return text if assistant_form == "str" else [{"type": "text", "text": text}]
+
     return [
         {"role": "user", "content": [image, {"type": "text", "text": "What shape is this?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A red circle."}]},
+        {"role": "assistant", "content": answer("A red circle.")},
         {"role": "user", "content": [{"type": "text", "text": "What color is it?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+        {"role": "assistant", "content": answer("Red.")},
     ]
 
 
@@ -80,7 +86,7 @@ def _processor(path: Path):
 
 
 def _encode(family: str, path: Path) -> dict:
-    conversation = _conversation(FAMILIES[family].is_vlm)
+    conversation = _conversation(FAMILIES[family].is_vlm, FAMILIES[family].traits.assistant)
     enc = _processor(path).apply_chat_template(
         conversation, tokenize=True, return_dict=True, return_tensors="pt"
     )
@@ -118,7 +124,8 @@ def test_specs_are_keyed_by_registry_families() -> None:
     registry = {f.name: f for f in REGISTRY}
     for name, spec in FAMILIES.items():
         assert spec.name == name and name in registry
-        assert spec.model_type == registry[name].model_types[0] and spec.is_vlm == registry[name].is_vlm
+        assert spec.model_type == (registry[name].model_types or (spec.architecture,))[0]
+        assert spec.is_vlm == registry[name].is_vlm
     tok = TokenizerSpec("byte_level", eos="<|im_end|>")
     with pytest.raises(TinySpecError, match="'qwen2-vl' names no registry family"):
         FamilySpec("qwen2-vl", ("trl", "qwen2_5.jinja"), tok, "Qwen2Config", {})
@@ -156,7 +163,7 @@ def test_two_turn_chat_expands_images(family: str, built: Path) -> None:
         assert n_media > 1
     # The processor's plain call on the rendered prompt agrees with apply_chat_template.
     processor = _processor(built)
-    prompt = processor.apply_chat_template(_conversation(True), tokenize=False)
+    prompt = processor.apply_chat_template(_conversation(True, FAMILIES[family].traits.assistant), tokenize=False)
     direct = processor(text=[prompt], images=[[_image()]], return_tensors="pt")
     assert int((direct["input_ids"][0] == media_id).sum()) == n_media
 

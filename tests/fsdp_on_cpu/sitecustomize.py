@@ -4,6 +4,7 @@ FSDP2 itself runs on the CPU; accelerate's ``AcceleratorState`` only switches ``
 accelerator backends, so ``training.fsdp`` on the CPU would otherwise be refused (vlmtrain's
 ``sharding.check_enabled``). tests/test_sharded.py puts this directory on PYTHONPATH of its torchrun children
 and sets ``VLMTRAIN_TEST_FSDP_ON_CPU=1``; nothing else ever imports it. It flips exactly that one switch.
+``VLMTRAIN_TEST_NO_LM_HEAD_FIX=1`` also turns vlmtrain's FSDP2 lm_head fix off, to show the bug it fixes.
 """
 
 import os
@@ -23,3 +24,8 @@ if os.environ.get("VLMTRAIN_TEST_FSDP_ON_CPU") == "1" and "LOCAL_RANK" in os.env
             accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
     accelerate.state.AcceleratorState.__init__ = _init_with_fsdp_on_cpu
+
+if os.environ.get("VLMTRAIN_TEST_NO_LM_HEAD_FIX") == "1" and "LOCAL_RANK" in os.environ:
+    import vlmtrain.train.sharding
+
+    vlmtrain.train.sharding.unshard_output_embeddings = lambda model: None

@@ -18,7 +18,8 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 ADAPTER_TYPES = ("none", "lora", "qlora")
 ON_TOO_LONG = ("drop", "error")
 ON_BAD_ROW = ("error", "skip")
-DATA_FORMATS = ("conversations", "pretrain")
+# data.<split>[i].format: auto = detected on the source's first row (vlmtrain.formats); conversations = messages.
+DATA_FORMATS = ("auto", "messages", "conversations", "sharegpt", "llava", "cauldron", "pretrain")
 MODES = ("sampled", "all", "roles")  # mask.mode
 TRAIN_ON_EOS = ("turn", "all", "last", "none")  # mask.train_on_eos
 ON_EMPTY = ("error", "drop")
@@ -102,7 +103,11 @@ class DataSource:
     messages_column: str = "messages"
     images_column: str = "images"
     text_column: str = "text"
-    image_placeholder: str | None = None
+    image_placeholder: str | None = None  # pretrain: the family's image token; sharegpt/llava: <image>
+    videos_column: str = "videos"
+    video_placeholder: str | None = None  # sharegpt: <video>
+    system_column: str = "system"  # sharegpt: a system prompt column
+    role_map: dict[str, str] | None = None  # sharegpt/llava speaker -> role (human: user, gpt: assistant, ...)
     weight: float = 1.0
     max_rows: int | None = None
 

@@ -18,6 +18,7 @@ from typing import Any
 from vlmtrain.data.refs import media_entries, resolve_media_path, store_bytes
 from vlmtrain.data.sources import RawRow
 from vlmtrain.errors import DataError, Reason
+from vlmtrain.formats import canonical_columns, format_for
 from vlmtrain.media import PART_TYPES, MediaItem
 
 __all__ = ["DataError", "Example", "ExampleContext", "example_from_raw"]
@@ -50,6 +51,8 @@ class ExampleContext:
     roles: tuple[str, ...]  # allowed roles
     required_roles: tuple[str, ...]  # a row must contain one of these (empty: no requirement)
     source: int = 0
+    # The source's input format, chosen on its first row (vlmtrain.formats.format_for) and kept for the pass.
+    formats: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def context_for(source: Any, index: int, cfg: Any, media_dir: Path) -> ExampleContext:
@@ -79,8 +82,11 @@ def _parse_json_cell(value: Any, column: str, where: str) -> Any:
 
 
 def media_columns(source: Any) -> dict[str, str]:
-    """The column each modality's bare parts consume."""
-    return {"image": str(source.images_column)}
+    """The column each modality's bare parts consume (``videos`` once a video modality is registered)."""
+    columns = {"image": str(source.images_column)}
+    if "video" in PART_TYPES.values():
+        columns["video"] = str(getattr(source, "videos_column", None) or "videos")
+    return columns
 
 
 def _media_ref(entry: Any, where: str, ctx: ExampleContext) -> str:
@@ -221,6 +227,9 @@ def example_from_raw(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
     """Validate one raw row of ``source`` (raises the row's DataError)."""
     if raw.error is not None:
         raise raw.error
-    if source.format == "pretrain":
-        return pretrain_example(raw, source, ctx)
-    return conversation_example(raw, source, ctx)
+    row = raw.row or {}
+    fmt = format_for(source, row, raw.where, ctx.source, ctx.formats)
+    canonical = RawRow(raw.where, fmt.to_canonical(row, source, raw.where))
+    if fmt.kind == "pretrain":
+        return pretrain_example(canonical, canonical_columns(fmt, source), ctx)
+    return conversation_example(canonical, canonical_columns(fmt, source), ctx)

@@ -53,6 +53,7 @@ class BuildReport:
     untrained_stop_turns: int = 0
     turns_without_stop: int = 0
     merged_spans: int = 0
+    linear_fallbacks: int = 0
     shown: int = 3
 
     def drop(self, reason: str, message: str) -> None:
@@ -65,7 +66,8 @@ class BuildReport:
         return {"kept": self.kept, "dropped": dict(self.dropped), "examples": self.examples,
                 "trained_tokens": self.trained_tokens, "total_tokens": self.total_tokens,
                 "untrained_stop_turns": self.untrained_stop_turns,
-                "turns_without_stop": self.turns_without_stop, "merged_spans": self.merged_spans}
+                "turns_without_stop": self.turns_without_stop, "merged_spans": self.merged_spans,
+                "linear_fallbacks": self.linear_fallbacks}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildReport:
@@ -88,6 +90,9 @@ class BuildReport:
         if self.merged_spans:
             out.append(f"{self.merged_spans} message span(s) joined the next message's because the template "
                        "cannot render the conversation up to them (display only: masks are unaffected)")
+        if self.linear_fallbacks:
+            out.append(f"{self.linear_fallbacks} row(s) attributed by prefix renders (the linear span strategy "
+                       "could not place them exactly; same masks, time quadratic in their turns)")
         return out
 
 

@@ -71,8 +71,9 @@ def _example(record: dict[str, Any]) -> Example:
 
 def _empty_row(record: dict[str, Any], reason: Reason, error: str) -> dict[str, Any]:
     row: dict[str, Any] = {name: np.zeros(0, dtype=dtype) for name, dtype in TOKEN_ARRAYS.items()}
-    row.update(where=record["where"], text="", roles=[], media=[], appended_stop=False, merged_spans=0, length=0,
-               num_trained=0, messages=record["messages"], source=record["source"], _reason=str(reason), _error=error,
+    row.update(where=record["where"], text="", roles=[], media=[], appended_stop=False, merged_spans=0,
+               linear_fallbacks=0, length=0, num_trained=0, messages=record["messages"], source=record["source"],
+               _reason=str(reason), _error=error,
                _untrained_stops=0, _turns_without_stop=0)
     return row
 
@@ -162,6 +163,7 @@ def apply_policies(rendered: datasets.Dataset, settings: BuildSettings, report: 
         report.untrained_stop_turns += int(np.sum(kept["_untrained_stops"]))
         report.turns_without_stop += int(np.sum(kept["_turns_without_stop"]))
         report.merged_spans += int(np.sum(kept["merged_spans"]))
+        report.linear_fallbacks += int(np.sum(kept["linear_fallbacks"]))
     return kept.remove_columns(list(INTERNAL))
 
 

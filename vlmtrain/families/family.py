@@ -23,6 +23,11 @@ class Family:
 
     For ``next_turn`` and ``absent`` vlmtrain appends ``stop_tokens[0]`` after the final assistant turn and
     trains it, so the model learns to stop on its last turn too.
+
+    Every entry is checked at start-up against the model's template (``vlmtrain/mask/derive.py``): a template
+    that writes the stop elsewhere is an error, unless ``template_varies`` says the model type covers several
+    templates (``llava``: LLaVA-1.5 writes no stop, Pixtral writes ``</s>`` after every answer); then the
+    placement the template shows is used.
     """
 
     name: str
@@ -38,6 +43,7 @@ class Family:
     projector: tuple[str, ...] = ()
     language_model: tuple[str, ...] = ()
     verified: bool = True
+    template_varies: bool = False
     quirks: tuple[str, ...] = ()
 
     @property

@@ -133,7 +133,7 @@ class PromptEncoder:
             from vlmtrain.mask.pipeline import make_renderer
 
             masked = make_renderer(cfg)
-        self._chat = getattr(masked, "chat", None) or masked.renderer  # the template renderer (renamed in the refactor)
+        self._chat = masked.chat  # the template renderer
         self.processing_class = self._chat.processing_class
         self.tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         self.is_processor = self.processing_class is not self.tokenizer

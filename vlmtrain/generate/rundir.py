@@ -92,7 +92,7 @@ def generative_auto_class(name_or_path: str, trust_remote_code: bool) -> Any:
 
 def load_model(run: Run, *, device: str = "cpu", dtype: Any = "auto") -> Any:
     """The trained model in eval mode: the saved model, or the base with the LoRA adapter applied (unmerged)."""
-    from vlmtrain.train.model import pick_attn_implementation
+    from vlmtrain.devices import pick_attn_implementation
 
     name = run.base if run.adapter else str(run.path)
     trust = bool(run.cfg.model.trust_remote_code)

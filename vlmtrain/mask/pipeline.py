@@ -20,6 +20,7 @@ from vlmtrain.families.resolve import (
     resolve,
     unknown_family_message,
 )
+from vlmtrain.mask.derive import Derivation, check_registered, derive_family, model_dir, warn_derived
 from vlmtrain.mask.rules import MaskRules, loss_mask
 from vlmtrain.media.item import MediaItem
 from vlmtrain.render.attributor import Attributor, RenderInput
@@ -41,14 +42,22 @@ class MaskedRenderer:
     """
 
     def __init__(self, processing_class: Any, model_type: str | None, mask_cfg: Any, *,
-                 family: str = "auto", template_date: str = "2024-07-26") -> None:
+                 family: str = "auto", template_date: str = "2024-07-26", model_path: str | None = None) -> None:
         self.chat = ChatRenderer(processing_class, template_date=template_date)
         tokenizer = self.chat.tokenizer
         entry = find_family(family, model_type)
         declared = list(mask_cfg.get("role_boundaries") or [])
         boundaries = resolve_boundaries(declared, tokenizer) if declared else None
+        self.derivation: Derivation | None = None
+        where = model_dir(processing_class, model_path)
         if entry is None and boundaries is None:
-            raise FamilyError(unknown_family_message(model_type if family == "auto" else family))
+            if family != "auto":
+                raise FamilyError(unknown_family_message(family))
+            self.derivation = derive_family(self.chat, model_type, where)  # a FamilyError where ambiguous
+            entry = self.derivation.family
+            warn_derived(self.derivation)
+        elif entry is not None and boundaries is None:
+            entry = check_registered(entry, self.chat, where)
         self.family: ResolvedFamily | None = resolve(entry, tokenizer, processing_class) if entry else None
         self.media_ids: np.ndarray = (self.family.media_ids if self.family is not None
                                       else media_token_ids(None, tokenizer, processing_class))
@@ -99,4 +108,4 @@ def make_renderer(cfg: Any) -> MaskedRenderer:
     entry = find_family(cfg.model.family, model_type)
     processing_class = load_processing_class(cfg.model, entry.is_vlm if entry else True)
     return MaskedRenderer(processing_class, model_type, cfg.mask, family=cfg.model.family,
-                          template_date=cfg.data.template_date)
+                          template_date=cfg.data.template_date, model_path=str(cfg.model.name_or_path))

@@ -42,7 +42,8 @@ class MaskedRow:
 
     ``appended_stop``: vlmtrain wrote the family's stop token after the final answer (the template writes none
     there); ``merged_spans``: messages whose span joined the next one's because the template cannot render
-    the prefix ending before them (display only, see ``template.py``).
+    the prefix ending before them (display only, see ``template.py``); ``linear_fallbacks``: 1 when the linear
+    span strategy could not place this row exactly and the prefix reference attributed it (``spans.py``).
 
     ``media`` are the row's probed items in the order the template consumes them; ``messages`` is the
     source conversation as JSON text (Arrow would merge row schemas and inject null keys).
@@ -57,6 +58,7 @@ class MaskedRow:
     text: str
     appended_stop: bool = False
     merged_spans: int = 0
+    linear_fallbacks: int = 0
     media: tuple[MediaItem, ...] = ()
     loss_mask: np.ndarray | None = None
     where: str = ""
@@ -84,7 +86,7 @@ class MaskedRow:
             raise ValueError("a row is stored only once masked")
         record: dict[str, Any] = {name: getattr(self, name).astype(dtype) for name, dtype in TOKEN_ARRAYS.items()}
         record.update(where=self.where, text=self.text, roles=list(self.roles), appended_stop=self.appended_stop,
-                      merged_spans=self.merged_spans,
+                      merged_spans=self.merged_spans, linear_fallbacks=self.linear_fallbacks,
                       media=[m.to_record() for m in self.media], source=self.source, messages=self.messages,
                       length=len(self), num_trained=self.num_trained)
         return record
@@ -95,7 +97,8 @@ class MaskedRow:
         media = tuple(MediaItem.from_record(m) for m in record.get("media") or [])
         return cls(**arrays, roles=list(record["roles"]), text=record["text"],
                    appended_stop=bool(record.get("appended_stop", False)),
-                   merged_spans=int(record.get("merged_spans", 0)), media=media, where=record["where"],
+                   merged_spans=int(record.get("merged_spans", 0)),
+                   linear_fallbacks=int(record.get("linear_fallbacks", 0)), media=media, where=record["where"],
                    source=int(record.get("source", 0)), messages=record.get("messages", ""))
 
 

@@ -20,6 +20,7 @@ from vlmtrain.render.chat import TEMPLATE_ERRORS, ChatRenderer
 from vlmtrain.render.expand import expand_media, mark_media
 from vlmtrain.render.messages import drop_nulls, in_forms, text_parts
 from vlmtrain.render.row import CONTENT, MARKER, NO_MESSAGE, MaskedRow
+from vlmtrain.render.spans import LinearSpans
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -106,20 +107,31 @@ def _is_blank(renderer: ChatRenderer, token_id: int) -> bool:
     return not renderer.tokenizer.decode([int(token_id)]).strip()
 
 
+def reference_spans(renderer: ChatRenderer, messages: Sequence[dict], full: str, tools: Any
+                    ) -> tuple[list[int], int, dict[int, int]]:
+    """The prefix strategy: message starts, merged spans, and where each assistant turn's sampled text begins
+    (the end of the prompt the inference engine would feed). O(turns) renders; the reference."""
+    starts, merged = _message_starts(renderer, messages, full, tools)
+    sample_from: dict[int, int] = {}
+    for k, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            prompt = renderer.render(messages[:k], add_generation_prompt=True, tools=tools)
+            sample_from[k] = max(_common_prefix_len(prompt, full), starts[k])
+    return starts, merged, sample_from
+
+
 def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messages: Sequence[dict],
-                          tools: list[dict] | None = None) -> MaskedRow:
-    """Render ``messages`` with the model's template and attribute every token (media not yet expanded)."""
+                          tools: list[dict] | None = None, linear: LinearSpans | None = None) -> MaskedRow:
+    """Render ``messages`` with the model's template and attribute every token (media not yet expanded).
+
+    With ``linear``, spans come from one sentinel render (``spans.py``); rows it cannot place exactly use the
+    prefix reference and are counted (``linear_fallbacks``)."""
     messages = [drop_nulls(m) for m in messages]
     roles = [str(m.get("role")) for m in messages]
     full = renderer.render(messages, tools=tools)
-    starts, merged = _message_starts(renderer, messages, full, tools)
-
-    # Where each assistant turn's sampled text begins: the end of the prompt the inference engine would feed.
-    sample_from: dict[int, int] = {}
-    for k, role in enumerate(roles):
-        if role == "assistant":
-            prompt = renderer.render(messages[:k], add_generation_prompt=True, tools=tools)
-            sample_from[k] = max(_common_prefix_len(prompt, full), starts[k])
+    spans = linear.spans(messages, full, tools) if linear is not None else None
+    fallback = linear is not None and spans is None
+    starts, merged, sample_from = spans if spans is not None else reference_spans(renderer, messages, full, tools)
 
     appended = False
     last = len(messages) - 1
@@ -171,20 +183,33 @@ def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messag
         sampled[first:end + 1] = True
 
     return MaskedRow(input_ids=ids, message_index=message_index, kind=kind, sampled=sampled, ends_turn=ends_turn,
-                     roles=roles, text=full, appended_stop=appended, merged_spans=merged)
+                     roles=roles, text=full, appended_stop=appended, merged_spans=merged,
+                     linear_fallbacks=int(fallback))
+
+
+STRATEGIES = ("linear", "prefix")
+DEFAULT_STRATEGY = "linear"
 
 
 class TemplateAttributor:
-    """Prefix renders through the model's real chat template, with the registry family's stop tokens."""
+    """The model's real chat template, with the registry family's stop tokens.
+
+    ``strategy``: ``linear`` (default) locates spans with O(1) renders per row and falls back to the prefix
+    reference for any row it cannot place exactly (counted); ``prefix`` forces the reference.
+    """
 
     name = "family"
 
-    def __init__(self, chat: ChatRenderer, family: ResolvedFamily) -> None:
-        self.chat, self.family = chat, family
+    def __init__(self, chat: ChatRenderer, family: ResolvedFamily, strategy: str = DEFAULT_STRATEGY) -> None:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"attribution strategy {strategy!r}: choose from {', '.join(STRATEGIES)}")
+        self.chat, self.family, self.strategy = chat, family, strategy
+        self.linear = (LinearSpans(chat, lambda m, full, tools: reference_spans(chat, m, full, tools))
+                       if strategy == "linear" else None)
 
     def attribute(self, sample: RenderInput) -> MaskedRow:
         messages = in_forms(sample.messages, self.chat.content_forms)
-        row = attribute_by_template(self.chat, self.family, messages, tools=sample.tools)
+        row = attribute_by_template(self.chat, self.family, messages, tools=sample.tools, linear=self.linear)
         return mark_media(expand_media(row, self.chat, sample.media), self.family.media_ids)
 
 

@@ -19,6 +19,7 @@ def build_processor(
     parts = {"image_processor": _instantiate(*spec.image)}
     if spec.video is not None:
         parts["video_processor"] = _instantiate(*spec.video)
+    parts.update({name: _instantiate(*part) for name, part in spec.parts.items()})
     processor_cls = getattr(transformers, spec.cls)
     extra = copy.deepcopy(dict(spec.kwargs))
     return processor_cls(tokenizer=tokenizer, chat_template=chat_template, **parts, **extra)

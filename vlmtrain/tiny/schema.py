@@ -50,6 +50,8 @@ class ProcessorSpec:
     image: tuple[str, Mapping[str, Any]]  # image processor class, kwargs
     video: tuple[str, Mapping[str, Any]] | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Other components the processor requires, by argument name (Qwen2.5-Omni's, Gemma 4's feature_extractor).
+    parts: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,17 @@ class TemplateTraits:
     Not the stop tokens nor where the template writes them: the test reads the stops from the build's
     ``generation_config.json`` and derives their placement by rendering, so both stay a check of the registry.
 
-    ``system``: the content form the template reads for a system message (``list`` of parts or ``str``; text
-    families always get strings). ``tools``: it renders tool calls and tool messages. ``refuses``: the
-    conversation shapes of the conformance test (``alternation``, ``parallel_tools``, ...) the template itself
-    rejects, each with a regex of its error. ``history_rewrites``: it renders an earlier assistant turn
+    ``system``, ``assistant``: the content form the template reads for a system / assistant message (``list``
+    of parts or ``str``; text families always get strings): Pixtral's and GLM-4.1V's print or concatenate the
+    assistant content, so a list fails or renders as its Python repr. ``tools``: it renders tool calls and tool
+    messages. ``refuses``: the conversation shapes of the conformance test (``alternation``,
+    ``parallel_tools``, ...) the template itself rejects, each with a regex of its error. ``history_rewrites``: it renders an earlier assistant turn
     differently once a later user turn exists (it drops the reasoning). ``reasoning``: it reads
     ``reasoning_content``.
     """
 
     system: Literal["list", "str"] = "list"
+    assistant: Literal["list", "str"] = "list"
     tools: bool = False
     refuses: Mapping[str, str] = field(default_factory=dict)
     history_rewrites: bool = False
@@ -84,6 +88,9 @@ class FamilySpec:
 
     ``generation_stops``: the tokens the published model's ``generation_config.json`` lists as
     ``eos_token_id`` (what an inference engine stops on); empty means the tokenizer's eos only.
+    ``architecture``: the ``config.json`` model type of a family that owns none (its registry entry has no
+    ``model_types`` because another family's entry claims it: Pixtral is a ``llava`` model, and is selected
+    with ``model.family: pixtral``).
     """
 
     name: str  # a registry Family.name
@@ -94,6 +101,7 @@ class FamilySpec:
     processor: ProcessorSpec | None = None  # None: text-only family, tokenizer only
     generation_stops: tuple[str, ...] = ()
     traits: TemplateTraits = field(default_factory=TemplateTraits)
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         entry = lookup(self.name)
@@ -105,6 +113,11 @@ class FamilySpec:
         if (self.processor is not None) != entry.is_vlm:
             kind = "a VLM (give it a ProcessorSpec)" if entry.is_vlm else "text-only (drop its ProcessorSpec)"
             raise TinySpecError(f"tiny spec {self.name!r}: the registry says the family is {kind}")
+        if bool(entry.model_types) == bool(self.architecture):
+            raise TinySpecError(
+                f"tiny spec {self.name!r}: give architecture= exactly when the registry entry lists no model "
+                f"types (it lists {list(entry.model_types)})"
+            )
 
     @property
     def family(self) -> Family:
@@ -114,8 +127,8 @@ class FamilySpec:
 
     @property
     def model_type(self) -> str:
-        """The registry's first model type: the ``config.json`` ``model_type`` the build must produce."""
-        return self.family.model_types[0]
+        """The ``config.json`` ``model_type`` the build must produce: the registry's first, else ``architecture``."""
+        return self.family.model_types[0] if self.family.model_types else str(self.architecture)
 
     @property
     def is_vlm(self) -> bool:

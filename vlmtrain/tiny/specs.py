@@ -390,6 +390,142 @@ _TABLE = (
         ),
         traits=_TOOLS,
     ),
+    FamilySpec(
+        "glm4v", ("shared", "glm4v"),  # GLM-4.1V-9B-Thinking's template
+        TokenizerSpec(
+            "byte_level",
+            eos="<|endoftext|>",
+            pad="<|endoftext|>",
+            special=("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+                     "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                     "<|end_of_video|>"),
+            plain=("<think>", "</think>", "<answer>", "</answer>"),
+            named={"image_token": "<|image|>", "video_token": "<|video|>"},
+        ),
+        "Glm4vConfig",
+        dict(
+            text_config=_text(rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                               "partial_rotary_factor": 1.0}),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+                               image_size=32, spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64),
+            image_token_id=Tok("<|image|>"),
+            video_token_id=Tok("<|video|>"),
+            image_start_token_id=Tok("<|begin_of_image|>"),
+            image_end_token_id=Tok("<|end_of_image|>"),
+            video_start_token_id=Tok("<|begin_of_video|>"),
+            video_end_token_id=Tok("<|end_of_video|>"),
+        ),
+        ProcessorSpec(
+            "Glm4vProcessor", ("Glm4vImageProcessor", _QWEN_IMG), ("Glm4vVideoProcessor", _QWEN_IMG),
+        ),
+        generation_stops=("<|endoftext|>", "<|user|>", "<|observation|>"),  # GLM-4.1V: [151329, 151336, 151338]
+        traits=TemplateTraits(system="str", assistant="str"),
+    ),
+    FamilySpec(
+        "pixtral", ("shared", "pixtral"),  # mistral-community/pixtral-12b: a llava model, PixtralProcessor
+        TokenizerSpec(
+            "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
+            special=("[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"),
+        ),
+        "LlavaConfig",
+        dict(
+            text_config=dict(model_type="mistral", **_text()),
+            vision_config=_tower(model_type="pixtral", head_dim=16),
+            image_token_index=Tok("[IMG]"),
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        ),
+        ProcessorSpec(
+            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
+            kwargs={"patch_size": 8, "spatial_merge_size": 1},
+        ),
+        traits=TemplateTraits(system="str", assistant="str", refuses={"alternation": "must alternate"}),
+        architecture="llava",
+    ),
+    FamilySpec(
+        "mistral3_2", ("shared", "llama.cpp/Mistral-Small-3.2-24B-Instruct-2506.jinja"),
+        TokenizerSpec(
+            "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
+            special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
+                     "[IMG_END]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]",
+                     "[/TOOL_RESULTS]", "[CALL_ID]", "[ARGS]", "[TOOL_CONTENT]"),
+        ),
+        "Mistral3Config",
+        dict(
+            text_config=dict(model_type="mistral", **_text()),
+            vision_config=_tower(model_type="pixtral", head_dim=16),
+            image_token_index=Tok("[IMG]"),
+            spatial_merge_size=2,
+            vision_feature_layer=-1,
+        ),
+        ProcessorSpec(
+            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
+            kwargs={"patch_size": 8, "spatial_merge_size": 2},
+        ),
+        traits=TemplateTraits(refuses={"alternation": "must alternate"}),
+        architecture="mistral3",
+    ),
+    FamilySpec(
+        "qwen2_5_omni", ("shared", "qwen2_5_omni"),  # Qwen2.5-Omni's thinker: text + image (+ video, audio)
+        TokenizerSpec(
+            "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
+            named={"image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "audio_token": "<|AUDIO|>",
+                   "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                   "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
+        ),
+        "Qwen2_5OmniThinkerConfig",
+        dict(
+            text_config=_text(rope_parameters=_MROPE),
+            vision_config=_qwen_vision(hidden_size=32, intermediate_size=64, out_hidden_size=64, window_size=32,
+                                       fullatt_block_indexes=[0]),
+            audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                              d_model=16, output_dim=64, n_window=8, max_source_positions=64),
+            image_token_index=Tok("<|IMAGE|>"),
+            video_token_index=Tok("<|VIDEO|>"),
+            audio_token_index=Tok("<|AUDIO|>"),
+            audio_start_token_id=Tok("<|audio_bos|>"),
+            audio_end_token_id=Tok("<|audio_eos|>"),
+            vision_start_token_id=Tok("<|vision_bos|>"),
+        ),
+        ProcessorSpec(
+            "Qwen2_5OmniProcessor", **_QWEN_VL_PROC,
+            parts={"feature_extractor": ("WhisperFeatureExtractor", {"feature_size": 16})},
+        ),
+        generation_stops=_QWEN_STOPS,
+    ),
+    FamilySpec(
+        "llama4", ("shared", "llama4"),
+        TokenizerSpec(
+            "byte_level",
+            bos="<|begin_of_text|>",
+            eos="<|eot|>",
+            pad="<|finetune_right_pad|>",
+            add_bos=True,
+            special=("<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eom|>", "<|python_start|>",
+                     "<|python_end|>", "<|image|>", "<|image_start|>", "<|image_end|>", "<|patch|>",
+                     "<|tile_x_separator|>", "<|tile_y_separator|>"),
+        ),
+        "Llama4Config",
+        dict(
+            text_config=_text(
+                head_dim=16, intermediate_size_mlp=128, num_local_experts=2, num_experts_per_tok=1,
+                moe_layers=[1], no_rope_layers=[1, 1], layer_types=["chunked_attention", "full_attention"],
+                attention_chunk_size=64,
+            ),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=8, vision_output_dim=64, projector_input_dim=64,
+                               projector_output_dim=64, pixel_shuffle_ratio=0.5, rope_theta=10000),
+            boi_token_index=Tok("<|image_start|>"),
+            eoi_token_index=Tok("<|image_end|>"),
+            image_token_index=Tok("<|patch|>"),
+        ),
+        ProcessorSpec(
+            "Llama4Processor", ("Llama4ImageProcessor", {"size": _SQUARE32, "max_patches": 1}),
+            kwargs={"patch_size": 8, "pixel_shuffle_ratio": 0.5},
+        ),
+        generation_stops=("<|end_of_text|>", "<|eom|>", "<|eot|>"),  # Llama 4: [200001, 200007, 200008]
+        traits=TemplateTraits(system="str"),
+    ),
     # --- text-only families ----------------------------------------------------------------------
     FamilySpec(
         "llama", ("trl", "llama3_2.jinja"), LLAMA3_TOK, "LlamaConfig", _text(),

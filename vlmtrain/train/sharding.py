@@ -168,9 +168,11 @@ def before_model_load(args: Any, sharding: Sharding) -> None:
     DeepSpeed config registered first; otherwise every rank loads for world size 1."""
     from transformers.training_args import ParallelMode
 
-    if sharding.engine == "fsdp" and args.parallel_mode != ParallelMode.DISTRIBUTED:
-        raise ShardingError("training.fsdp needs a distributed launch, also on one GPU: run `vlmtrain fit ... "
-                            "--nproc-per-node N` (N >= 1), or remove training.fsdp")
+    if sharding.enabled and args.parallel_mode != ParallelMode.DISTRIBUTED:
+        key = "training.fsdp" if sharding.engine == "fsdp" else "training.deepspeed"
+        raise ShardingError(f"{key} needs a distributed launch, also on one GPU: run `vlmtrain fit CONFIG "
+                            "--nproc-per-node N` (N > 1) or `torchrun --nproc-per-node N -m vlmtrain fit CONFIG` "
+                            f"(any N), or remove {key}")
     if not sharding.zero3:
         return
     import deepspeed
