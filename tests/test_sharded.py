@@ -222,3 +222,20 @@ def test_zero3_without_gather_on_save_is_refused(tmp_path):
         sharding.plan({"deepspeed": config})
     _, plan = sharding.plan({"deepspeed": str(REPO / "configs/deepspeed/zero3.json")})
     assert plan.zero3 and str(plan) == "DeepSpeed ZeRO-3"
+
+
+def test_fit_launches_torchrun_itself_for_sharding_on_one_process(monkeypatch) -> None:
+    """FSDP2 / DeepSpeed need a process group even on one GPU: `vlmtrain fit` re-launches under torchrun."""
+    from omegaconf import OmegaConf
+
+    from vlmtrain.launch import needs_launch
+
+    for var in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    one = OmegaConf.create({"nproc_per_node": 1, "nnodes": 1})
+    assert not needs_launch(one, OmegaConf.create({"learning_rate": 1e-4}))
+    assert needs_launch(one, OmegaConf.create({"fsdp": True}))
+    assert needs_launch(one, OmegaConf.create({"deepspeed": "configs/deepspeed/zero2.json"}))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not needs_launch(one, OmegaConf.create({"fsdp": True}))  # already under torchrun

@@ -168,7 +168,16 @@ def test_two_turn_chat_expands_images(family: str, built: Path) -> None:
     assert int((direct["input_ids"][0] == media_id).sum()) == n_media
 
 
-def test_forward_with_labels_gives_finite_loss(family: str, built: Path) -> None:
+# Upstream bugs that make a family's forward pass fail; strict, so a fixed transformers turns them into failures.
+BROKEN_FORWARD = {
+    "llama4": "transformers 5.24: Llama4ForConditionalGeneration.forward reads `outputs.image_outputs` from its "
+              "language model's MoeCausalLMOutputWithPast, which has no such field (AttributeError)",
+}
+
+
+def test_forward_with_labels_gives_finite_loss(family: str, built: Path, request: pytest.FixtureRequest) -> None:
+    if family in BROKEN_FORWARD:
+        request.applymarker(pytest.mark.xfail(raises=AttributeError, strict=True, reason=BROKEN_FORWARD[family]))
     auto = AutoModelForImageTextToText if FAMILIES[family].is_vlm else AutoModelForCausalLM
     model = auto.from_pretrained(built)
     batch = _encode(family, built)

@@ -70,7 +70,7 @@ def fit(
         validate_for_fit(cfg)
     except ConfigError as err:
         _fail(str(err))
-    if needs_launch(cfg.launch):
+    if needs_launch(cfg.launch, cfg.training):
         raise typer.Exit(relaunch(cfg.launch, [config, *overrides]))
     setup_logging(verbose)
     from vlmtrain.train.fit import fit as run_fit

@@ -18,8 +18,10 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def needs_launch(launch_cfg: Any) -> bool:
-    return not under_torchrun() and (launch_cfg.nproc_per_node > 1 or launch_cfg.nnodes > 1)
+def needs_launch(launch_cfg: Any, training: Any = None) -> bool:
+    """Several processes, or a sharding engine (FSDP2 / DeepSpeed need a process group even on one GPU)."""
+    sharded = bool(training and (training.get("fsdp") or training.get("deepspeed")))
+    return not under_torchrun() and (launch_cfg.nproc_per_node > 1 or launch_cfg.nnodes > 1 or sharded)
 
 
 def torchrun_args(launch_cfg: Any) -> list[str]:

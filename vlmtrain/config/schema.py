@@ -119,6 +119,7 @@ class DataConfig:
     train: list[DataSource] = field(default_factory=list)
     eval: list[DataSource] = field(default_factory=list)
     max_length: int = 2048
+    packing: bool = False  # pack whole rows into sequences of <= max_length (a batching plan: not in the cache key)
     on_too_long: str = one_of(ON_TOO_LONG)
     on_bad_row: str = one_of(ON_BAD_ROW)
     cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data), see vlmtrain.paths

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 StopPlacement = Literal["in_turn", "next_turn", "absent"]
+# How packed rows are kept apart (``data.packing``, see ``vlmtrain/pack``): ``position_ids`` = per-row positions
+# and no mask; ``mrope`` = the same with the 4-row (text, t, h, w) M-RoPE positions from the model's
+# ``get_rope_index``; ``mask`` = an explicit block-diagonal mask per layer type (Gemma 3); ``no`` = refused.
+PackingMode = Literal["position_ids", "mrope", "mask", "no"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Family:
     verified: bool = True
     template_varies: bool = False
     quirks: tuple[str, ...] = ()
+    packing: PackingMode = "no"  # set only for families whose packed forward is tested exact (test_packing.py)
 
     @property
     def appends_final_stop(self) -> bool:

@@ -36,11 +36,14 @@ _TEXT_ONLY = dict(is_vlm=False, language_model=("model",))
 
 FAMILIES: tuple[Family, ...] = (
     # --- vision-language models -------------------------------------------------------------------------
-    Family(name="qwen2_vl", model_types=("qwen2_vl",), quirks=_QWEN_DEFAULT_SYSTEM, **_QWEN_VL_STYLE),
-    Family(name="qwen2_5_vl", model_types=("qwen2_5_vl",), quirks=_QWEN_DEFAULT_SYSTEM, **_QWEN_VL_STYLE),
+    Family(name="qwen2_vl", model_types=("qwen2_vl",), quirks=_QWEN_DEFAULT_SYSTEM, packing="mrope",
+           **_QWEN_VL_STYLE),
+    Family(name="qwen2_5_vl", model_types=("qwen2_5_vl",), quirks=_QWEN_DEFAULT_SYSTEM, packing="mrope",
+           **_QWEN_VL_STYLE),
     Family(
         name="qwen3_vl",
         model_types=("qwen3_vl", "qwen3_vl_moe"),
+        packing="mrope",
         **{**_QWEN_VL_STYLE, "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")},
     ),
     Family(name="idefics3", model_types=("idefics3",), **_IDEFICS_STYLE),
@@ -53,6 +56,7 @@ FAMILIES: tuple[Family, ...] = (
         image_placeholder="<start_of_image>",
         extra_inputs=("token_type_ids",),
         quirks=("template writes <bos> itself; the processor must not add a second one",),
+        packing="mask",
         **_LLAVA_STYLE,
     ),
     Family(
@@ -63,6 +67,7 @@ FAMILIES: tuple[Family, ...] = (
         media_tokens=("<image>",),
         image_placeholder="<image>",
         quirks=("LLaVA-1.5's template writes no </s> after answers; vlmtrain appends it to the final turn",),
+        packing="position_ids",
         **_LLAVA_STYLE,
     ),
     Family(
@@ -173,6 +178,8 @@ FAMILIES: tuple[Family, ...] = (
         vision_tower=("model.vision_model",),
         projector=("model.multi_modal_projector",),
         language_model=("model.language_model",),
+        quirks=("transformers 5.24's Llama4ForConditionalGeneration.forward fails (outputs.image_outputs); "
+                "masks are verified, training needs a fixed transformers",),
     ),
     # --- text models --------------------------------------------------------------------------------------
     Family(
@@ -180,15 +187,19 @@ FAMILIES: tuple[Family, ...] = (
         model_types=("llama",),
         stop_tokens=("<|eot_id|>", "<|eom_id|>"),
         quirks=("Llama 3.2's template writes today's date; vlmtrain pins it (data.template_date)",),
+        packing="position_ids",
         **_TEXT_ONLY,
     ),
-    Family(name="qwen2", model_types=("qwen2",), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
-    Family(name="qwen3", model_types=("qwen3", "qwen3_moe"), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
+    Family(name="qwen2", model_types=("qwen2",), stop_tokens=("<|im_end|>",), packing="position_ids",
+           **_TEXT_ONLY),
+    Family(name="qwen3", model_types=("qwen3", "qwen3_moe"), stop_tokens=("<|im_end|>",), packing="position_ids",
+           **_TEXT_ONLY),
     Family(
         name="phi3",
         model_types=("phi3",),
         stop_tokens=("<|end|>",),
         quirks=("template appends an extra <|end|> after the last turn; it is not trained",),
+        packing="position_ids",
         **_TEXT_ONLY,
     ),
     Family(

@@ -49,4 +49,7 @@ def build_config(spec: FamilySpec, tokenizer: PreTrainedTokenizerFast) -> Pretra
 def build_model(spec: FamilySpec, config: PretrainedConfig, seed: int) -> PreTrainedModel:
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if spec.is_vlm else AutoModelForCausalLM
-    return auto.from_config(config)
+    model = auto.from_config(config)
+    # A family whose processor emits bfloat16 pixels (Llama 4) ships bfloat16 weights, as the real model does.
+    dtype = getattr(config, "dtype", None)
+    return model.to(dtype) if isinstance(dtype, torch.dtype) else model

@@ -512,12 +512,14 @@ _TABLE = (
                 moe_layers=[1], no_rope_layers=[1, 1], layer_types=["chunked_attention", "full_attention"],
                 attention_chunk_size=64,
             ),
-            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            # intermediate_size = hidden_size / pixel_shuffle_ratio**2: the pixel-shuffle MLP's input width.
+            vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                                image_size=32, patch_size=8, vision_output_dim=64, projector_input_dim=64,
                                projector_output_dim=64, pixel_shuffle_ratio=0.5, rope_theta=10000),
             boi_token_index=Tok("<|image_start|>"),
             eoi_token_index=Tok("<|image_end|>"),
             image_token_index=Tok("<|patch|>"),
+            dtype="bfloat16",  # Llama4ImageProcessor returns bfloat16 pixel values, as the real checkpoint expects
         ),
         ProcessorSpec(
             "Llama4Processor", ("Llama4ImageProcessor", {"size": _SQUARE32, "max_patches": 1}),

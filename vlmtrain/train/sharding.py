@@ -170,9 +170,9 @@ def before_model_load(args: Any, sharding: Sharding) -> None:
 
     if sharding.enabled and args.parallel_mode != ParallelMode.DISTRIBUTED:
         key = "training.fsdp" if sharding.engine == "fsdp" else "training.deepspeed"
-        raise ShardingError(f"{key} needs a distributed launch, also on one GPU: run `vlmtrain fit CONFIG "
-                            "--nproc-per-node N` (N > 1) or `torchrun --nproc-per-node N -m vlmtrain fit CONFIG` "
-                            f"(any N), or remove {key}")
+        raise ShardingError(f"{key} needs a distributed launch, also on one GPU: run `vlmtrain fit CONFIG` "
+                            "(it launches torchrun itself when sharding is set) or `torchrun --nproc-per-node N -m "
+                            f"vlmtrain fit CONFIG`, or remove {key}")
     if not sharding.zero3:
         return
     import deepspeed

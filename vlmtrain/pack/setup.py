@@ -1,0 +1,72 @@
+"""``data.packing: true`` in ``fit``: refuse what cannot be packed exactly, then build the pack datasets, the
+collator and the guards."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from vlmtrain.collate import CompletionOnlyCollator
+from vlmtrain.errors import Reason
+from vlmtrain.families.family import Family
+from vlmtrain.pack.collator import PackingCollator, PackingError
+from vlmtrain.pack.dataset import PackedDataset
+from vlmtrain.pack.guard import PackGuard, find_rope_index, install
+
+log = logging.getLogger("vlmtrain")
+
+
+def packable_families() -> list[str]:
+    from vlmtrain.families import FAMILIES
+
+    return [f.name for f in FAMILIES if f.packing != "no"]
+
+
+def require_packable(family: Family | None, attn_implementation: str = "auto") -> str:
+    """The family's packing mode, or a one-line error naming the packable families (at start-up)."""
+    listing = ", ".join(packable_families())
+    if family is None:
+        raise PackingError("data.packing: true needs a registered model family (mask.role_boundaries models have "
+                           f"no verified packed layout); packable families: {listing}", Reason.CONFIG)
+    if family.packing == "no":
+        raise PackingError(f"data.packing: true is not supported for family {family.name}: its packed forward is "
+                           f"not proven equal to the unpacked one; packable families: {listing}; set "
+                           "data.packing: false", Reason.CONFIG)
+    if family.packing == "mask" and "flash" in str(attn_implementation):
+        raise PackingError(f"data.packing: true with model.attn_implementation={attn_implementation}: family "
+                           f"{family.name} packs with an explicit mask, which flash-attention cannot take; use sdpa "
+                           "or eager", Reason.CONFIG)
+    return family.packing
+
+
+@dataclass
+class Packed:
+    train: PackedDataset
+    eval: PackedDataset | None
+    collator: PackingCollator
+    guard: PackGuard
+
+
+def packed_training(cfg: Any, family: Family | None, model: Any, renderer: Any, train_rows: Any,
+                    train_dataset: Any, eval_rows: Any | None, eval_dataset: Any | None, seed: int) -> Packed:
+    """Pack-level datasets over the cached rows, the packing collator and the guards on ``model``."""
+    mode = require_packable(family, str(cfg.model.attn_implementation))
+    max_length = int(cfg.data.max_length)
+    train = PackedDataset(train_dataset, train_rows["length"], max_length, seed=seed)
+    log.info("train %s", train.stats.line())
+    evaluation = None
+    if eval_dataset is not None and eval_rows is not None:
+        evaluation = PackedDataset(eval_dataset, eval_rows["length"], max_length, seed=seed)
+        log.info("eval %s", evaluation.stats.line())
+    attn = str(getattr(getattr(_base(model), "config", None), "_attn_implementation", "") or "")
+    tokenizer = renderer.chat.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PackingCollator(CompletionOnlyCollator(renderer.chat, renderer.media_ids), mode, pad,
+                               rope_index=find_rope_index(model) if mode == "mrope" else None,
+                               flat="flash" in attn)
+    return Packed(train, evaluation, collator, install(model, mode))
+
+
+def _base(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
