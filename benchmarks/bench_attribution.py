@@ -69,13 +69,13 @@ def bench(family: str, images: bool) -> dict:
     for n in SIZES:
         sample = _row(n, images)
         linear.attribute(sample)  # probes and the shape check, once per template / shape
-        lin = _best(lambda: linear.attribute(sample), 3)
-        pre = _best(lambda: prefix.attribute(sample), 1 if n >= 1280 else 2)
+        lin = _best(lambda s=sample: linear.attribute(s), 3)
+        pre = _best(lambda s=sample: prefix.attribute(s), 1 if n >= 1280 else 2)
         row = linear.attribute(sample)
         assert row.linear_fallbacks == 0 and (row.input_ids == prefix.attribute(sample).input_ids).all()
         from vlmtrain.render.messages import in_forms
         msgs = in_forms(sample.messages, renderer.chat.content_forms)
-        one = _best(lambda: renderer.chat.text_tokens(renderer.chat.render(msgs)), 3)
+        one = _best(lambda m=msgs: renderer.chat.text_tokens(renderer.chat.render(m)), 3)
         out["rows"].append({"messages": n, "tokens": len(row), "prefix_s": pre, "linear_s": lin, "render_s": one})
     out["prefix_exponent"] = _exponent([r["prefix_s"] for r in out["rows"]])
     out["linear_exponent"] = _exponent([r["linear_s"] for r in out["rows"]])

@@ -199,3 +199,105 @@ def test_flash_attention_varlen_path_keeps_rows_apart(family, tiny_dir, shapes, 
     torch.testing.assert_close(out.loss, ref_loss, atol=1e-6, rtol=1e-6)
     with pytest.raises(PackingError, match="flat=True"):  # several sequences without cu_seq_lens: refused
         model(**collator()([features[:3], features[3:]]))
+
+
+@pytest.mark.parametrize("leak", ["attention_mask", "cache", "2-D positions", "3-row positions"])
+def test_a_packed_batch_that_would_leak_is_an_error(leak, tiny_dir, shapes, sums, tmp_path) -> None:
+    model, features, _, collator = _setup("qwen2_vl", tiny_dir, shapes, sums, tmp_path, "sdpa")
+    install(model, "mrope")
+    packed = collator()([features[:3], features[3:]])
+    if leak == "attention_mask":
+        packed["attention_mask"] = torch.ones_like(packed["input_ids"])
+    elif leak == "cache":
+        packed["use_cache"] = True
+    elif leak == "2-D positions":
+        packed["position_ids"] = packed["position_ids"][0]
+    else:
+        packed["position_ids"] = packed["position_ids"][1:]
+    with pytest.raises(PackingError, match="packed batch"):
+        model(**packed)
+
+
+def test_unpacked_forwards_pass_the_guard_untouched(tiny_dir, shapes, sums, tmp_path) -> None:
+    """generate (eval.samples) and other plain forwards carry no PackInfo: the guard stays out of their way."""
+    model, features, single, _ = _setup("qwen2", tiny_dir, shapes, sums, tmp_path, "sdpa")
+    guard = install(model, "position_ids")
+    batch = single(features[:1])
+    out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=2,
+                         do_sample=False)
+    assert out.shape[1] == batch["input_ids"].shape[1] + 2 and guard.checked == 0
+
+
+def test_plan_packs_whole_rows_best_fit_decreasing_deterministic_per_seed_and_epoch() -> None:
+    lengths = [90, 10, 50, 50, 40, 30, 60, 20, 20, 20, 100, 5]
+    plan = plan_packs(lengths, 100, seed=3, epoch=0)
+    assert sorted(i for p in plan for i in p) == list(range(len(lengths))), "every row exactly once"
+    assert all(sum(lengths[i] for i in p) <= 100 for p in plan)
+    assert len(plan) == 5 == -(-sum(lengths) // 100), "495 tokens fill 5 packs of 100: the optimum"
+    assert plan == plan_packs(lengths, 100, seed=3, epoch=0)
+    ties = [30] * 6 + [40] * 3  # rows of equal length are regrouped each epoch, the pack count stays
+    epochs = [plan_packs(ties, 100, seed=3, epoch=e) for e in range(6)]
+    assert len({len(p) for p in epochs}) == 1 and len({str(p) for p in epochs}) > 1
+    stats = pack_stats(plan, lengths, 100)
+    assert stats.non_pad_share == pytest.approx(495 / 500) and stats.rows_per_pack == pytest.approx(12 / 5)
+    with pytest.raises(Exception, match="never split"):
+        plan_packs([101], 100)
+
+
+def test_unpackable_families_are_refused_with_the_packable_list() -> None:
+    for name in ("lfm2_vl", "mllama"):
+        with pytest.raises(PackingError, match=f"not supported for family {name}.*packable families: qwen2_vl"):
+            require_packable(lookup(name))
+    with pytest.raises(PackingError, match="flash-attention cannot take"):
+        require_packable(lookup("gemma3"), "flash_attention_2")
+    assert require_packable(lookup("qwen3_vl")) == "mrope"
+
+
+def _one_step(model: Path, data: Path, out: Path, *overrides: str):
+    from vlmtrain.train.fit import fit
+
+    cfg = _cfg(model, data, out, "training.max_steps=1", "training.optim=sgd", "training.learning_rate=1.0",
+               "training.lr_scheduler_type=constant", "training.weight_decay=0.0", "training.max_grad_norm=0.0",
+               "training.logging_steps=1", "data.train.0.max_rows=4", *overrides)
+    return fit(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", PACKABLE)
+def test_fit_packed_takes_the_same_first_step_as_padded(family, tiny_dir, shapes, sums, tmp_path) -> None:
+    """Padded batch 4 x accumulation 1 vs packed: one pack per micro-batch, accumulated over every pack, so
+    both steps see the same 4 rows; the loss (a token mean over the whole effective batch) and the weights
+    after one SGD step agree."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from vlmtrain.data.split import load_split
+    from vlmtrain.mask.pipeline import make_renderer
+
+    entry = lookup(family)
+    model_dir = tiny_dir(family, with_model=True)
+    data = shapes if entry.is_vlm else sums
+    cfg = _cfg(model_dir, data, tmp_path / "probe", "data.train.0.max_rows=4")
+    lengths = list(load_split(cfg, make_renderer(cfg), "train")["length"])
+    packs = len(plan_packs(lengths, max(lengths)))
+    assert packs >= 2, "the test needs more than one pack"
+    padded = _one_step(model_dir, data, tmp_path / "padded", "training.per_device_train_batch_size=4")
+    packed = _one_step(model_dir, data, tmp_path / "packed", "data.packing=true", f"data.max_length={max(lengths)}",
+                       "training.per_device_train_batch_size=1", f"training.gradient_accumulation_steps={packs}")
+    assert packed.steps == padded.steps == 1
+    assert packed.first_loss == pytest.approx(padded.first_loss, rel=1e-5)
+    auto = AutoModelForImageTextToText if entry.is_vlm else AutoModelForCausalLM
+    start = auto.from_pretrained(model_dir).state_dict()
+    a = auto.from_pretrained(tmp_path / "padded").state_dict()
+    b = auto.from_pretrained(tmp_path / "packed").state_dict()
+    moved = [n for n in start if not torch.equal(start[n], a[n])]
+    assert moved
+    for name in moved:
+        torch.testing.assert_close(b[name] - start[name], a[name] - start[name], rtol=1e-3, atol=1e-5)
+
+
+def test_fit_refuses_an_unpackable_family_at_start_up(tiny_dir, shapes, tmp_path) -> None:
+    from vlmtrain.train.fit import fit
+
+    cfg = _cfg(tiny_dir("lfm2_vl"), shapes, tmp_path / "lfm", "data.packing=true")
+    with pytest.raises(PackingError, match="not supported for family lfm2_vl"):
+        fit(cfg)

@@ -134,12 +134,23 @@ def inspect_mask(
 
 
 @app.command()
-def families(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def families(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+             probe: Annotated[str | None, typer.Option("--probe", help="A model folder: print the family it "
+                                                      "resolves to, derived by probing when unregistered.")] = None,
+             ) -> None:
     """List the registered model families: model types, stop tokens, media tokens."""
     from dataclasses import asdict
 
     from vlmtrain.families import FAMILIES
 
+    if probe is not None:
+        from vlmtrain.mask.derive import probe_model
+
+        try:
+            typer.echo("\n".join(probe_model(probe)))
+        except _user_errors() as err:
+            _fail(str(err))
+        return
     if as_json:
         typer.echo(json.dumps([asdict(f) for f in FAMILIES], indent=2))
         return

@@ -23,6 +23,8 @@ DATA_FORMATS = ("auto", "messages", "conversations", "sharegpt", "llava", "cauld
 MODES = ("sampled", "all", "roles")  # mask.mode
 TRAIN_ON_EOS = ("turn", "all", "last", "none")  # mask.train_on_eos
 ON_EMPTY = ("error", "drop")
+IMAGE_TRANSFORMS = ("none", "tiling")  # data.image_transform.type (vlmtrain.media.transforms)
+TILE_BUCKET_PRESETS = ("ocr_pages",)  # data.image_transform.buckets as a preset name
 
 # ``training.*`` keys vlmtrain sets itself, with the value it hands to trl.SFTConfig: rows are pre-rendered,
 # masked and length-checked by vlmtrain (never truncated, never packed by TRL), and the collator needs every
@@ -113,6 +115,36 @@ class DataSource:
 
 
 @dataclass
+class VideoConfig:
+    """``data.video``: frame sampling (transformers' names; num_frames wins over fps; neither = every frame),
+    the decoded frame size and the length cap (vlmtrain.media.video.VideoSampling)."""
+
+    fps: float | None = 2.0
+    num_frames: int | None = None
+    min_frames: int = 4
+    max_frames: int | None = 768
+    max_pixels: int | None = None  # frames above this are downscaled when decoded (aspect kept)
+    max_seconds: float | None = None  # a longer video is an error naming the row (or a counted skip)
+
+
+@dataclass
+class ImageTransformConfig:
+    """``data.image_transform``: one image becomes N before rendering (docs/tiling.md). ``none`` = unchanged."""
+
+    type: str = one_of(IMAGE_TRANSFORMS)
+    buckets: Any = "ocr_pages"  # a preset (TILE_BUCKET_PRESETS) or a list of {min_aspect, cols, rows}
+    overlap: float = 0.0  # fraction of a tile its neighbour shares, 0 <= overlap < 0.5
+    tile_size: int = 448  # every tile (and the overview) fitted into tile_size x tile_size, padded white
+    native_resolution: bool = False  # tiles keep the crop's pixels, capped by max_tile_pixels
+    max_tile_pixels: int | None = None  # native cap; null = the processor's max pixels
+    overview: bool = True  # the whole image, downscaled, before the tiles
+    labels: bool = True  # <global_img> / <row{r}_col{c}> text before each image (input only, never trained)
+    min_area: int | None = None  # images with fewer pixels stay whole; null = tile_size ** 2
+    hash_source: bool = False  # key the tile cache by the source's sha256 instead of path + size + mtime
+    cache_dir: str | None = None  # default: <data.cache_dir>/tiles, or $VLMTRAIN_HOME/tiles
+
+
+@dataclass
 class DataConfig:
     """Training/eval sources and the row-level policies (rows are never truncated)."""
 
@@ -120,13 +152,17 @@ class DataConfig:
     eval: list[DataSource] = field(default_factory=list)
     max_length: int = 2048
     packing: bool = False  # pack whole rows into sequences of <= max_length (a batching plan: not in the cache key)
+    streaming: bool = False  # train split read from shards on the fly (vlmtrain/data/stream.py); needs max_steps
+    shuffle_buffer: int = 1000  # streaming: raw rows per shuffle buffer (0 = storage order, shards unpermuted)
     on_too_long: str = one_of(ON_TOO_LONG)
     on_bad_row: str = one_of(ON_BAD_ROW)
     cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data), see vlmtrain.paths
     hash_data_files: bool = False  # fingerprint data files by content (sha256) instead of path/size/mtime
     template_date: str = "2024-07-26"  # the date chat templates see, pinned for reproducibility
     allow_paths_outside_image_dir: bool = False
-    max_image_pixels: int | None = 178956970  # Pillow's decompression-bomb guard
+    max_image_pixels: int | None = 178956970  # Pillow's decompression-bomb guard (video frames too)
+    image_transform: ImageTransformConfig = field(default_factory=ImageTransformConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     seed: int = 0
 
 

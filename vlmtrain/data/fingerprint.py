@@ -10,7 +10,7 @@ Components (each a JSON-able dict, so ``preprocess -v`` can show what changed):
 - ``processor``: the processor and image-processor settings (min/max pixels, patch and merge size, ...);
 - ``family``: the registry entry and the ids it resolved to;
 - ``mask``: the whole ``mask`` section; ``data``: max_length, the row policies, the pixel cap, template_date,
-  seed;
+  seed, ``data.video`` (frame sampling);
 - ``versions``: vlmtrain's cache-format version, a hash of the code that renders and masks rows, and the
   transformers version (processors change between releases).
 
@@ -37,7 +37,7 @@ from vlmtrain.mask.pipeline import MaskedRenderer
 
 CACHE_FORMAT_VERSION = 1
 KEY_LENGTH = 20
-_CODE_PACKAGES = ("data", "render", "mask", "families")
+_CODE_PACKAGES = ("data", "render", "mask", "families", "media")
 _TOKENIZER_SKIP = {"name_or_path", "vocab_file", "merges_file", "tokenizer_file", "is_local",
                    "local_files_only", "chat_template", "added_tokens_decoder", "processor_class",
                    "_commit_hash"}
@@ -144,7 +144,9 @@ def code_identity() -> str:
 def data_settings(data_cfg: Any) -> dict[str, Any]:
     keys = ("max_length", "on_too_long", "on_bad_row", "allow_paths_outside_image_dir", "max_image_pixels",
             "template_date", "seed")
-    return {k: _plain(data_cfg[k]) for k in keys}
+    settings = {k: _plain(data_cfg[k]) for k in keys}
+    settings["video"] = _plain(data_cfg.get("video"))  # frame sampling changes every video row's tokens
+    return settings
 
 
 def _container(node: Any) -> Any:

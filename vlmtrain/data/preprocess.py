@@ -34,6 +34,13 @@ def summary_lines(result: SplitResult) -> list[str]:
     return lines
 
 
+def packing_line(lengths: list[int], max_length: int, seed: int) -> str:
+    """``data.packing``'s efficiency on these rows: the plan's non-pad share and rows per pack."""
+    from vlmtrain.data.packing import pack_stats, plan_packs
+
+    return pack_stats(plan_packs(lengths, max_length, seed=seed), lengths, max_length).line()
+
+
 def run_preprocess(cfg: Any, *, num_proc: int = 1, check: bool = False) -> int:
     """Build every split's cache (or, with ``check``, validate every row and write nothing); the exit code.
 
@@ -53,6 +60,8 @@ def run_preprocess(cfg: Any, *, num_proc: int = 1, check: bool = False) -> int:
     for result in results:
         for line in summary_lines(result):
             typer.echo(line)
+        if cfg.data.get("packing", False) and result.dataset is not None:  # the plan fit will use (epoch 0)
+            typer.echo(f"  {packing_line(result.dataset['length'], int(cfg.data.max_length), int(cfg.data.seed))}")
     fatal = sum(r.report.fatal for r in results)
     if check:
         verdict = (f"check failed: {fatal} row(s) would stop `fit` under the configured policies"

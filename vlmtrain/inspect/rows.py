@@ -63,7 +63,9 @@ class InspectedRow:
 
     @property
     def media_label(self) -> str:
-        return media_label(Counter(m.modality for m in self.media))
+        label = media_label(Counter(m.modality for m in self.media))
+        frames = [m.frames for m in self.media if m.modality == "video"]
+        return f"{label} ({' + '.join(map(str, frames))} frames)" if frames else label
 
     def token_roles(self) -> np.ndarray:
         """Per token, the role its loss belongs to: a stop token counts for the turn it ends (GLM's

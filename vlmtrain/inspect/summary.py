@@ -17,6 +17,8 @@ from vlmtrain.render.row import MEDIA
 def family_label(renderer: MaskedRenderer) -> str:
     """The resolved family, and whether a ``mask.role_boundaries`` override replaced its attribution."""
     if renderer.boundaries is None:
+        if getattr(renderer, "derivation", None) is not None:
+            return f"{renderer.family_name} (DERIVED by probing the model, not verified)"
         return renderer.family_name
     if renderer.family is None:
         return "none (mask.role_boundaries)"

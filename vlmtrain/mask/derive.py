@@ -202,3 +202,30 @@ def check_registered(entry: Family, chat: ChatRenderer, model_path: str | Path |
         f"family {entry.name!r}: the registry says its stop {entry.stop_tokens[0]!r} is {entry.stop_placement}, "
         f"but this model's chat template writes {probe.final_stop!r} {probe.placement}; set model.family to the "
         "family whose template this is, or declare mask.role_boundaries")
+
+
+def probe_model(path: str, trust_remote_code: bool = False) -> list[str]:
+    """``vlmtrain families --probe PATH``: the family a model folder resolves to, and what was derived or checked."""
+    from types import SimpleNamespace
+
+    from vlmtrain.families.registry import lookup
+    from vlmtrain.render.load import load_processing_class, model_type_of
+
+    model_cfg = SimpleNamespace(name_or_path=path, trust_remote_code=trust_remote_code)
+    try:
+        model_type = model_type_of(model_cfg)
+        entry = lookup(model_type) if model_type else None
+        chat = ChatRenderer(load_processing_class(model_cfg, entry.is_vlm if entry else True))
+    except (OSError, ValueError) as err:
+        raise FamilyError(f"--probe {path}: cannot load its config.json and tokenizer ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); pass a model folder") from None
+    if entry is not None:
+        checked = check_registered(entry, chat, path)
+        state = "verified" if entry.verified else "UNVERIFIED"
+        return [f"family {entry.name} (registered, {state}) for model type {model_type!r}",
+                f"stop tokens: {' '.join(checked.stop_tokens)}",
+                f"stop placement: {checked.stop_placement} (registry: {entry.stop_placement}; checked against "
+                "the template and generation_config.json)"]
+    derivation = derive_family(chat, model_type, path)
+    return [f"family {derivation.family.name} (DERIVED, not verified) for model type {model_type!r}",
+            *derivation.lines()]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vlmtrain.errors import DataError, Reason
-from vlmtrain.media import image
+from vlmtrain.media import image, video
 from vlmtrain.media.item import MediaItem
 
 
@@ -20,10 +20,12 @@ class MediaLimits:
     """Per-run caps every probe enforces (from the ``data`` config)."""
 
     max_image_pixels: int | None = 178956970
+    video: video.VideoSampling = video.VideoSampling()  # data.video: frame sampling, decode size, length cap
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> MediaLimits:
-        return cls(max_image_pixels=data_cfg.max_image_pixels)
+        return cls(max_image_pixels=data_cfg.max_image_pixels,
+                   video=video.VideoSampling.from_config(data_cfg.get("video")))
 
 
 class MediaKind(Protocol):
@@ -66,7 +68,35 @@ class ImageKind:
         return image.open_image(item.path, where)
 
 
-MODALITIES: dict[str, MediaKind] = {kind.name: kind for kind in (ImageKind(),)}
+@dataclass(frozen=True)
+class VideoKind:
+    """Video files: probed once (every frame decoded, the sampled count and frame size recorded); a black clip
+    of that length and size stands in at render time; the collator decodes only the sampled frames. Each clip
+    goes to the processor with its metadata (``video_metadata=``), pre-sampled."""
+
+    name: str = "video"
+    part_type: str = "video"
+    processor_arg: str = "videos"
+
+    def supported_by(self, processing_class: Any) -> bool:
+        return getattr(processing_class, "video_processor", None) is not None
+
+    def probe(self, item: MediaItem, where: str, limits: MediaLimits) -> MediaItem:
+        width, height, frames = video.probe_video(item.path, where, limits.video, limits.max_image_pixels)
+        return item.with_probe(width, height, frames)
+
+    def stand_in(self, item: MediaItem) -> Any:
+        return video.blank_clip(item.path, item.frames, item.width, item.height, item.path)
+
+    def load(self, item: MediaItem, where: str) -> Any:
+        return video.load_clip(item.path, item.frames, item.width, item.height, where)
+
+    def batch_inputs(self, clips: list[list[Any]]) -> dict[str, list[list[Any]]]:
+        return {self.processor_arg: [[c.frames for c in row] for row in clips],
+                "video_metadata": [[c.metadata for c in row] for row in clips]}
+
+
+MODALITIES: dict[str, MediaKind] = {kind.name: kind for kind in (ImageKind(), VideoKind())}
 PART_TYPES: dict[str, str] = {kind.part_type: kind.name for kind in MODALITIES.values()}
 
 
@@ -98,8 +128,11 @@ def processor_inputs(rows: Sequence[Sequence[MediaItem]],
     present = dict.fromkeys(item.modality for row in rows for item in row)
     for modality in present:
         kind = kind_of(modality)
-        out[kind.processor_arg] = [[materialize(kind, item, i) for item in row if item.modality == modality]
-                                   for i, row in enumerate(rows)]
+        values = [[materialize(kind, item, i) for item in row if item.modality == modality]
+                  for i, row in enumerate(rows)]
+        # A kind whose processor input needs more than one keyword (video: frames + metadata) splits its own.
+        split = getattr(kind, "batch_inputs", None)
+        out.update(split(values) if split is not None else {kind.processor_arg: values})
     return out
 
 

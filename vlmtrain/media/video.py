@@ -86,10 +86,10 @@ def _open(path: str, where: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{where}: video file not found: {path}; add the file or fix the path in the row",
-                        Reason.MISSING_MEDIA)
+                        Reason.MISSING_VIDEO)
     if file.stat().st_size == 0:
         raise DataError(f"{where}: video {path} is an empty (0-byte) file; replace it or remove the row",
-                        Reason.UNREADABLE_MEDIA)
+                        Reason.UNREADABLE_VIDEO)
     try:
         container = av.open(path)
     except Exception as err:  # PyAV raises FFmpeg's many error types
@@ -97,14 +97,14 @@ def _open(path: str, where: str) -> Any:
     if not container.streams.video:
         container.close()
         raise DataError(f"{where}: {path} has no video stream; give a video file (mp4, webm, mkv, avi, ...) or "
-                        "remove the row", Reason.UNREADABLE_MEDIA)
+                        "remove the row", Reason.UNREADABLE_VIDEO)
     return container
 
 
 def _unreadable(path: str, where: str, err: Exception) -> DataError:
     message = " ".join(str(err).split()) or type(err).__name__
     return DataError(f"{where}: video {path} cannot be decoded ({message}); it is truncated or not a video: "
-                     "re-encode it (e.g. to H.264 mp4) or remove the row", Reason.UNREADABLE_MEDIA)
+                     "re-encode it (e.g. to H.264 mp4) or remove the row", Reason.UNREADABLE_VIDEO)
 
 
 def _source_fps(stream: Any) -> float:
@@ -145,7 +145,7 @@ def probe_video(path: str, where: str, sampling: VideoSampling, max_pixels: int 
         if max_pixels is not None and width * height > max_pixels:
             raise DataError(f"{where}: video {path} has {width}x{height} = {width * height} pixels per frame, over "
                             f"data.max_image_pixels={max_pixels}; downscale it, or raise data.max_image_pixels",
-                            Reason.MEDIA_OVER_LIMIT)
+                            Reason.VIDEO_OVER_LIMIT)
         packets = decoded = 0
         sizes: set[tuple[int, int]] = set()
         try:
@@ -159,20 +159,20 @@ def probe_video(path: str, where: str, sampling: VideoSampling, max_pixels: int 
         fps = _source_fps(stream)
     if decoded == 0:
         raise DataError(f"{where}: video {path} has no frames that decode; re-encode it or remove the row",
-                        Reason.UNREADABLE_MEDIA)
+                        Reason.UNREADABLE_VIDEO)
     if len(sizes) > 1:
         raise DataError(f"{where}: video {path} changes frame size mid-stream ({len(sizes)} sizes); re-encode it "
-                        "to one size", Reason.UNREADABLE_MEDIA)
+                        "to one size", Reason.UNREADABLE_VIDEO)
     if packets != decoded:
         raise DataError(f"{where}: video {path} has {packets} packets but {decoded} frames decode, so frames cannot "
                         "be sampled without decoding it whole; re-encode it (e.g. to H.264 mp4)",
-                        Reason.UNREADABLE_MEDIA)
+                        Reason.UNREADABLE_VIDEO)
     if fps <= 0:
-        raise DataError(f"{where}: video {path} declares no frame rate; re-encode it with one", Reason.UNREADABLE_MEDIA)
+        raise DataError(f"{where}: video {path} declares no frame rate; re-encode it with one", Reason.UNREADABLE_VIDEO)
     seconds = decoded / fps
     if sampling.max_seconds is not None and seconds > sampling.max_seconds:
         raise DataError(f"{where}: video {path} is {seconds:.1f} s long, over data.video.max_seconds="
-                        f"{sampling.max_seconds}; cut it, or raise data.video.max_seconds", Reason.MEDIA_OVER_LIMIT)
+                        f"{sampling.max_seconds}; cut it, or raise data.video.max_seconds", Reason.VIDEO_OVER_LIMIT)
     (width, height), = sizes
     out_w, out_h = sampling.frame_size(width, height)
     return out_w, out_h, sampling.count(decoded, fps)
@@ -191,7 +191,7 @@ def load_clip(path: str, count: int, width: int, height: int, where: str) -> Vid
         total = _packet_count(container, container.streams.video[0])
     if total == 0:
         raise DataError(f"{where}: video {path} has no frames now; it changed since it was probed: rerun "
-                        "`vlmtrain preprocess`", Reason.UNREADABLE_MEDIA)
+                        "`vlmtrain preprocess`", Reason.UNREADABLE_VIDEO)
     wanted = sample_indices(total, count)
     frames: list[np.ndarray] = []
     with _open(path, where) as container:
@@ -209,5 +209,5 @@ def load_clip(path: str, count: int, width: int, height: int, where: str) -> Vid
             raise _unreadable(path, where, err) from err
     if len(frames) != count:
         raise DataError(f"{where}: video {path} gave {len(frames)} of its {count} sampled frames; it changed since "
-                        "it was probed: rerun `vlmtrain preprocess`", Reason.UNREADABLE_MEDIA)
+                        "it was probed: rerun `vlmtrain preprocess`", Reason.UNREADABLE_VIDEO)
     return VideoClip(np.stack(frames), clip_metadata(path, count, width, height, where))

@@ -51,7 +51,8 @@ class Packed:
 def packed_training(cfg: Any, family: Family | None, model: Any, renderer: Any, train_rows: Any,
                     train_dataset: Any, eval_rows: Any | None, eval_dataset: Any | None, seed: int) -> Packed:
     """Pack-level datasets over the cached rows, the packing collator and the guards on ``model``."""
-    mode = require_packable(family, str(cfg.model.attn_implementation))
+    attn = str(getattr(getattr(_base(model), "config", None), "_attn_implementation", "") or "")
+    mode = require_packable(family, attn)  # again with the implementation the model was loaded with
     max_length = int(cfg.data.max_length)
     train = PackedDataset(train_dataset, train_rows["length"], max_length, seed=seed)
     log.info("train %s", train.stats.line())
@@ -59,7 +60,6 @@ def packed_training(cfg: Any, family: Family | None, model: Any, renderer: Any, 
     if eval_dataset is not None and eval_rows is not None:
         evaluation = PackedDataset(eval_dataset, eval_rows["length"], max_length, seed=seed)
         log.info("eval %s", evaluation.stats.line())
-    attn = str(getattr(getattr(_base(model), "config", None), "_attn_implementation", "") or "")
     tokenizer = renderer.chat.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PackingCollator(CompletionOnlyCollator(renderer.chat, renderer.media_ids), mode, pad,

@@ -34,24 +34,11 @@ def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids[starts], starts, np.diff(np.r_[starts, len(ids)])
 
 
-def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
-    """For each expanded id, the index of the plain id it is (-1 where the processor inserted it).
-
-    The common prefix and suffix are matched with numpy. The stretch between the first and the last image is
-    diffed run-length encoded, so an image's hundreds of repeated media ids are one element and the diff stays
-    linear in the number of images.
-    """
-    source = np.full(len(expanded), -1, dtype=np.int64)
-    n = min(len(plain), len(expanded))
-    differs = np.flatnonzero(plain[:n] != expanded[:n])
-    head = int(differs[0]) if differs.size else n
-    differs = np.flatnonzero(plain[::-1][:n - head] != expanded[::-1][:n - head])
-    tail = int(differs[0]) if differs.size else n - head
-    source[:head] = np.arange(head)
-    if tail:
-        source[len(expanded) - tail:] = np.arange(len(plain) - tail, len(plain))
-    a_vals, a_starts, a_lens = _runs(plain[head:len(plain) - tail])
-    b_vals, b_starts, b_lens = _runs(expanded[head:len(expanded) - tail])
+def _diff(plain: np.ndarray, expanded: np.ndarray, source: np.ndarray, i: int, j: int) -> None:
+    """Map ``expanded`` onto ``plain`` (two short windows starting at plain index ``i``, expanded index ``j``)
+    by a diff of their run-length encodings: an image's repeated media ids are one element."""
+    a_vals, a_starts, a_lens = _runs(plain)
+    b_vals, b_starts, b_lens = _runs(expanded)
     blocks = [m for m in SequenceMatcher(None, a_vals.tolist(), b_vals.tolist(), autojunk=False)
               .get_matching_blocks() if m.size]
     if blocks:
@@ -59,7 +46,66 @@ def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
         rb = np.concatenate([np.arange(m.b, m.b + m.size) for m in blocks])
         count = np.minimum(a_lens[ra], b_lens[rb])  # a matched run keeps its shorter length; the rest is inserted
         within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-        source[head + np.repeat(b_starts[rb], count) + within] = head + np.repeat(a_starts[ra], count) + within
+        source[j + np.repeat(b_starts[rb], count) + within] = i + np.repeat(a_starts[ra], count) + within
+
+
+class _Positions:
+    """Where each id occurs in ``ids``, ascending: the candidates for re-synchronising after an insertion."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def at_or_after(self, value: int, start: int) -> np.ndarray:
+        lo, hi = np.searchsorted(self.sorted, value, "left"), np.searchsorted(self.sorted, value, "right")
+        found = self.order[lo:hi]
+        return found[np.searchsorted(found, start):]
+
+
+_ANCHOR = 4  # tokens that must agree for plain and expanded to be back in step
+_LOOKAHEAD = 32  # plain tokens an expansion may re-tokenize around it
+
+
+def _resync(plain: np.ndarray, expanded: np.ndarray, where: _Positions, i: int, j: int) -> tuple[int, int] | None:
+    """The nearest (i2 >= i, j2 >= j) where ``_ANCHOR`` tokens of plain reappear in expanded, i.e. where the
+    processor's insertion (and any text it re-tokenized) ends."""
+    best: tuple[int, int] | None = None
+    for i2 in range(i, min(i + _LOOKAHEAD, len(plain))):
+        if best is not None and i2 - i >= best[0] - i + best[1] - j:
+            break
+        width = min(_ANCHOR, len(plain) - i2)
+        for j2 in where.at_or_after(int(plain[i2]), j):
+            j2 = int(j2)
+            if best is not None and (i2 - i) + (j2 - j) >= (best[0] - i) + (best[1] - j):
+                break
+            if np.array_equal(plain[i2:i2 + width], expanded[j2:j2 + width]):
+                best = (i2, j2)
+                break
+    return best
+
+
+def _align(plain: np.ndarray, expanded: np.ndarray) -> np.ndarray:
+    """For each expanded id, the index of the plain id it is (-1 where the processor inserted it).
+
+    Stretches where both agree are matched with numpy; at each place they stop agreeing (a media expansion),
+    the nearest point where they agree again bounds a small window that is diffed run-length encoded. So the
+    cost is linear in the row's length and in its number of media items.
+    """
+    source = np.full(len(expanded), -1, dtype=np.int64)
+    where = _Positions(expanded)
+    i = j = 0
+    while i < len(plain) and j < len(expanded):
+        k = min(len(plain) - i, len(expanded) - j)
+        differs = np.flatnonzero(plain[i:i + k] != expanded[j:j + k])
+        run = int(differs[0]) if differs.size else k
+        source[j:j + run] = np.arange(i, i + run)
+        i, j = i + run, j + run
+        if i >= len(plain) or j >= len(expanded):
+            break
+        found = _resync(plain, expanded, where, i, j)
+        i2, j2 = found if found is not None else (len(plain), len(expanded))
+        _diff(plain[i:i2], expanded[j:j2], source, i, j)
+        i, j = i2, j2
     return source
 
 

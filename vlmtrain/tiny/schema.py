@@ -65,15 +65,18 @@ class TemplateTraits:
     of parts or ``str``; text families always get strings): Pixtral's and GLM-4.1V's print or concatenate the
     assistant content, so a list fails or renders as its Python repr. ``tools``: it renders tool calls and tool
     messages. ``refuses``: the conversation shapes of the conformance test (``alternation``,
-    ``parallel_tools``, ...) the template itself rejects, each with a regex of its error. ``history_rewrites``: it renders an earlier assistant turn
-    differently once a later user turn exists (it drops the reasoning). ``reasoning``: it reads
-    ``reasoning_content``.
+    ``parallel_tools``, ...) the template itself rejects, each with a regex of its error. ``unsupported``: shapes
+    the template renders without error but with no faithful place for a message (Pixtral's writes the system
+    prompt only before the *last* user turn, so a conversation ending with an answer loses it), each with the
+    reason. ``history_rewrites``: it renders an earlier assistant turn differently once a later user turn exists
+    (it drops the reasoning). ``reasoning``: it reads ``reasoning_content``.
     """
 
     system: Literal["list", "str"] = "list"
     assistant: Literal["list", "str"] = "list"
     tools: bool = False
     refuses: Mapping[str, str] = field(default_factory=dict)
+    unsupported: Mapping[str, str] = field(default_factory=dict)
     history_rewrites: bool = False
     reasoning: bool = False
 

@@ -439,7 +439,11 @@ _TABLE = (
             "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
             kwargs={"patch_size": 8, "spatial_merge_size": 1},
         ),
-        traits=TemplateTraits(system="str", assistant="str", refuses={"alternation": "must alternate"}),
+        traits=TemplateTraits(
+            system="str", assistant="str", refuses={"alternation": "must alternate"},
+            unsupported={"system_multi": "the system prompt is written only before the last user turn: a "
+                                         "conversation that ends with an answer renders without it"},
+        ),
         architecture="llava",
     ),
     FamilySpec(

@@ -39,12 +39,17 @@ def fit(cfg: Any) -> FitResult:
     run = start_run(OmegaConf.to_container(cfg.training, resolve=True), is_rank0())  # resume / overwrite checks
     write_config(cfg, cfg.training.output_dir)  # at the start, so a crashed run leaves a record
     renderer = make_renderer(cfg)
+    packing = bool(cfg.data.get("packing", False))
+    if packing:  # refused at start-up, before any data or weights are loaded
+        from vlmtrain.pack.setup import require_packable
+
+        require_packable(renderer.family.family if renderer.family else None, str(cfg.model.attn_implementation))
     train_rows = load_split(cfg, renderer, "train")
     trained_per_epoch = int(sum(train_rows["num_trained"]))
     # The trainer reads whole rows: hand it only what the collator uses, not the attribution columns.
     train_dataset = train_rows.select_columns(list(COLLATOR_COLUMNS))
-    eval_dataset = (load_split(cfg, renderer, "eval").select_columns(list(COLLATOR_COLUMNS))
-                    if cfg.data.eval else None)
+    eval_rows = load_split(cfg, renderer, "eval") if cfg.data.eval else None
+    eval_dataset = eval_rows.select_columns(list(COLLATOR_COLUMNS)) if eval_rows is not None else None
 
     splits = {"train": train_rows, **({"eval": eval_dataset} if eval_dataset is not None else {})}
     write_run(cfg.training.output_dir, splits, run.checkpoint)  # the data cache keys, before training starts
@@ -64,12 +69,21 @@ def fit(cfg: Any) -> FitResult:
     log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
 
+    collator: Any = CompletionOnlyCollator(renderer.chat, renderer.media_ids)
+    if packing:  # pack-level datasets (the sampler shards packs), the packing collator and its guards
+        from vlmtrain.pack.setup import packed_training
+
+        packed = packed_training(cfg, family, model, renderer, train_rows, train_dataset, eval_rows, eval_dataset,
+                                 seed=int(cfg.data.seed))
+        collator = packed.collator
     trainer = VlmSFTTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=CompletionOnlyCollator(renderer.chat, renderer.media_ids),
+        data_collator=collator,
         processing_class=renderer.chat.processing_class,
         callbacks=[CheckpointMarker(), preemption := PreemptionCallback()],
     )
+    if packing:  # TRL's constructor takes only row datasets; the Trainer itself iterates any sized dataset
+        trainer.train_dataset, trainer.eval_dataset = packed.train, packed.eval
     sharding.check_enabled(trainer, shard)
     attach_eval_samples(trainer, cfg, renderer)  # eval.samples: answers to fixed eval prompts at each evaluation
     processes = trainer.accelerator.num_processes
