@@ -345,7 +345,9 @@ def _cut_after_stop(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _without_think(text: str) -> str:
-    return re.sub(r"<think>.*?</think>\s*", "", text, flags=re.S)
+    text = re.sub(r"<think>.*?</think>\s*", "", text, flags=re.S)
+    # A turn whose generation prompt opened the block (Qwen3.5 feeds "<think>\n") starts inside it.
+    return re.sub(r"^.*?</think>\s*", "", text, count=1, flags=re.S)
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -395,8 +397,14 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
         if role == "assistant":
             # The inference engine feeds the generation prompt; the model samples from there to its stop.
             prompt = fam.render_text(msgs[:k], generation_prompt=True, tools=tools)
-            assert full.startswith(prompt), f"turn {k}: generation prompt is not a prefix of the conversation"
-            start = len(prompt)
+            if fam.traits.history_rewrites and not full.startswith(prompt):
+                # Qwen3.5's prompt opens "<think>\n", which history turns drop with their reasoning: the turn
+                # is trained from where the prompt and the conversation part (what the template writes for it).
+                start = _common_prefix(prompt, full)
+                assert k < final and prompt[start:].strip().startswith("<think>"), f"turn {k}: {prompt[start:]!r}"
+            else:
+                assert full.startswith(prompt), f"turn {k}: generation prompt is not a prefix of the conversation"
+                start = len(prompt)
             hit = _first_stop(full, start, None, stop_strings)
             if k == final and placement != "in_turn":
                 assert hit is None, "the template was expected to write no stop after the final answer"

@@ -53,13 +53,14 @@ class Vendor:
     eos: str
     stops: tuple[str, ...]  # the published generation_config.json eos_token_id, as strings
     bos: str | None = None
+    pad: str | None = None
     add_bos: bool = False
     system: bool = True  # the template accepts a system message
 
 
 VENDORS = {
     "granite": Vendor("ibm-granite-granite-3.3-2B-Instruct", "GraniteConfig", "<|end_of_text|>",
-                      ("<|end_of_text|>",), bos="<|end_of_text|>"),
+                      ("<|end_of_text|>",), bos="<|end_of_text|>", pad="<|end_of_text|>"),
     "gemma2": Vendor("google-gemma-2-2b-it", "Gemma2Config", "<eos>", ("<eos>", "<end_of_turn>"), bos="<bos>",
                      add_bos=True, system=False),
     # Mistral Nemo shows the system message in the last user turn only: no system case.
@@ -82,8 +83,9 @@ def build_vendor(vendor: Vendor, out: Path, with_model: bool = False) -> Path:
     from vlmtrain.tiny.tokenizer import build_tokenizer
 
     source = (LLAMA_CPP / f"{vendor.template}.jinja").read_text(encoding="utf-8")
-    special = tuple(sorted(set(_LITERALS.findall(source)) - {vendor.eos, vendor.bos}))
-    spec = TokenizerSpec("byte_level", eos=vendor.eos, bos=vendor.bos, add_bos=vendor.add_bos, special=special)
+    special = tuple(sorted(set(_LITERALS.findall(source)) - {vendor.eos, vendor.bos, vendor.pad}))
+    spec = TokenizerSpec("byte_level", eos=vendor.eos, bos=vendor.bos, pad=vendor.pad, add_bos=vendor.add_bos,
+                         special=special)
     tokenizer = build_tokenizer(spec, source, vendor.stops)
     tokenizer.save_pretrained(out)
     config = getattr(transformers, vendor.config_cls)(vocab_size=len(tokenizer), **_TINY)

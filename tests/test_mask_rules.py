@@ -3,6 +3,8 @@ override on a custom template the registry does not know."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from conftest import media_of
@@ -205,8 +207,12 @@ def test_role_boundaries_on_a_processor_never_train_media(tiny_dir) -> None:
 
 
 def test_unknown_family_without_boundaries_lists_known_families(mistral_tokenizer) -> None:
+    # With no stop token to derive (the template writes none, the tokenizer has no eos), an unregistered model
+    # type cannot be derived: the error lists the known families and explains role_boundaries.
+    tokenizer = copy.deepcopy(mistral_tokenizer)
+    tokenizer.eos_token = None
     with pytest.raises(FamilyError, match="my_mistral_finetune") as err:
-        MaskedRenderer(mistral_tokenizer, "my_mistral_finetune", _cfg([]))
+        MaskedRenderer(tokenizer, "my_mistral_finetune", _cfg([]))
     assert all(name in str(err.value) for name in known_names())
     assert "role_boundaries" in str(err.value)
 

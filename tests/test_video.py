@@ -192,3 +192,17 @@ def test_video_to_an_image_only_family_is_an_error(tiny_dir, clips, tmp_path):
         render(cfg, data)
     assert err.value.reason == Reason.MEDIA_NOT_SUPPORTED
     assert str(err.value).startswith(f"{data}:1: the row has 1 video(s)") and "takes no videos" in str(err.value)
+
+
+def test_processors_that_resample_by_default_keep_every_frame_vlmtrain_sampled(tiny_dir, clips, tmp_path):
+    """Qwen3-VL's video processor re-samples frames unless told not to: vlmtrain's data.video.num_frames must be
+    what the model sees, at render time and at collate time alike."""
+    model = tiny_dir("qwen3_vl")
+    data = write_rows(clips / "qwen3.jsonl", [video_row("clip.mp4")])
+    cfg = load_config(None, overrides(model, data, tmp_path, "data.video.num_frames=8"))
+    renderer, row = render(cfg, data)
+    (item,) = row.media
+    assert item.frames == 8
+    batch = CompletionOnlyCollator(renderer.chat, renderer.media_ids)([{**row.to_record(), "where": "row"}])
+    temporal_patch = renderer.chat.processing_class.video_processor.temporal_patch_size
+    assert int(batch["video_grid_thw"][0][0]) == 8 // temporal_patch

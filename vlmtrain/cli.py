@@ -233,3 +233,29 @@ def merge(
         _fail(str(err))
     typer.echo(f"merged: {result.output}  dtype: {str(result.dtype).removeprefix('torch.')}  probe logits max "
                f"|diff| {result.max_abs_diff:.3g} (allowed {result.tolerance:.3g})")
+
+
+@app.command("eval")
+def eval_(
+    run: RunArg,
+    metric: Annotated[str, typer.Option(help="What to score generated answers by: cer (character error rate).")
+                      ] = "cer",
+    max_new_tokens: Annotated[int | None, typer.Option(help="Cap on new tokens per answer (default: the model's "
+                                                       "generation_config, else 256).")] = None,
+    max_rows: Annotated[int | None, typer.Option(help="Evaluate at most N rows of each data.eval source.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if present).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Also print the report as one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score a finished run on data.eval: token-weighted loss and CER of generated answers, per source and overall."""
+    from vlmtrain.log import setup_logging
+
+    setup_logging(verbose)
+    from vlmtrain.eval.command import run_eval
+
+    try:
+        report = run_eval(run, metric=metric, device=device, max_new_tokens=max_new_tokens, max_rows=max_rows)
+    except _user_errors() as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))

@@ -146,6 +146,9 @@ def data_settings(data_cfg: Any) -> dict[str, Any]:
             "template_date", "seed")
     settings = {k: _plain(data_cfg[k]) for k in keys}
     settings["video"] = _plain(data_cfg.get("video"))  # frame sampling changes every video row's tokens
+    transform = data_cfg.get("image_transform")
+    if transform is not None and transform.get("type", "none") != "none":  # rows hold its tiles and labels
+        settings["image_transform"] = _plain(transform)
     return settings
 
 

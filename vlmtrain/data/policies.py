@@ -9,6 +9,7 @@ from typing import Any
 
 from vlmtrain.errors import Reason
 from vlmtrain.media.kinds import MediaLimits
+from vlmtrain.media.transforms import TransformSpec, transform_from_config
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,14 @@ class BuildSettings:
     on_bad_row: str = "error"
     on_empty: str = "error"
     placeholders: tuple[str | None, ...] = ()  # per source index (pretrain format)
+    image_transform: TransformSpec | None = None  # data.image_transform, validated (vlmtrain.media.transforms)
 
     @classmethod
     def from_config(cls, data_cfg: Any, mask_cfg: Any, sources: Sequence[Any] = ()) -> BuildSettings:
         return cls(max_length=int(data_cfg.max_length), limits=MediaLimits.from_config(data_cfg),
                    on_too_long=str(data_cfg.on_too_long), on_bad_row=str(data_cfg.on_bad_row),
-                   on_empty=str(mask_cfg.on_empty), placeholders=tuple(s.image_placeholder for s in sources))
+                   on_empty=str(mask_cfg.on_empty), placeholders=tuple(s.image_placeholder for s in sources),
+                   image_transform=transform_from_config(data_cfg))
 
     def is_fatal(self, reason: Reason) -> bool:
         """Whether a row with this problem stops the build (else it is dropped and counted)."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from vlmtrain.data.examples import Example
 from vlmtrain.data.policies import BuildReport, BuildSettings
+from vlmtrain.data.transformed import transform_example
 from vlmtrain.errors import DataError, Reason
 from vlmtrain.mask.checks import EmptyMaskError, find_issues, require_trained_tokens
 from vlmtrain.mask.pipeline import MaskedRenderer
@@ -89,7 +90,8 @@ def render_example(renderer: MaskedRenderer, example: Example, settings: BuildSe
     media = tuple(kind_of(m.modality).probe(m, example.where, settings.limits) for m in example.media)
     pretrain = example.format == "pretrain"
     placeholder = settings.placeholders[example.source] if example.source < len(settings.placeholders) else None
-    sample = RenderInput(messages=example.messages, media=media, tools=example.tools, text=example.text,
+    tiled = transform_example(renderer, example, media, settings, placeholder if pretrain else None)
+    sample = RenderInput(messages=tiled.messages, media=tiled.media, tools=example.tools, text=tiled.text,
                          placeholder=placeholder if pretrain else None, where=example.where)
     try:
         row = renderer.build(sample, pretrain=pretrain)
@@ -97,6 +99,7 @@ def render_example(renderer: MaskedRenderer, example: Example, settings: BuildSe
         first = " ".join(str(err).split())[:300]
         raise DataError(f"{example.where}: the chat template could not render this row ({first}); fix the "
                         "row or check that the model's template supports it", Reason.TEMPLATE_ERROR) from err
+    row = tiled.finish(row, renderer)  # data.image_transform labels: input only, never trained
     assert row.loss_mask is not None
     if require_trained:
         require_trained_tokens(row.loss_mask, example.where)

@@ -148,18 +148,21 @@ def buffered(items: Iterator[Any], size: int, rng: np.random.Generator) -> Itera
 class StreamDataset(torch.utils.data.IterableDataset):
     """The endless, sharded, shuffled, rendered train stream of one rank (see the module docstring).
 
-    ``start`` maps a worker id to the ``(epoch, position)`` its sequence resumes at (from a checkpoint).
+    ``start`` maps a worker id to the ``(epoch, position)`` its sequence resumes at (from a checkpoint);
+    ``rotation`` is which worker's batch the trainer takes next: the DataLoader always starts with its worker 0,
+    so physical worker ``i`` plays worker ``(i + rotation) % workers`` and the batches keep their order.
     """
 
     def __init__(self, cfg: Any, renderer: MaskedRenderer, sources: list[Any], *, rank: int = 0,
-                 world_size: int = 1, start: dict[int, tuple[int, int]] | None = None, split: str = "train") -> None:
+                 world_size: int = 1, start: dict[int, tuple[int, int]] | None = None, rotation: int = 0,
+                 split: str = "train") -> None:
         self.cfg, self.renderer, self.split = cfg, renderer, split
         self.shards = shards_of(sources, split)
         self.settings = BuildSettings.from_config(cfg.data, cfg.mask, sources)
         self.rank, self.world_size = int(rank), int(world_size)
         self.seed = int(cfg.data.seed)
         self.buffer = int(cfg.data.shuffle_buffer)
-        self.start = dict(start or {})
+        self.start, self.rotation = dict(start or {}), int(rotation)
         root = cache_root(cfg.data)
         self.hf_cache, self.media_dir = str(root / "hf"), root / "media"
 
@@ -168,7 +171,7 @@ class StreamDataset(torch.utils.data.IterableDataset):
     def slot(self) -> tuple[int, int, int]:
         """(worker id, this worker's slot, number of slots) in the current process."""
         info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = ((info.id + self.rotation) % info.num_workers, info.num_workers) if info else (0, 1)
         return worker, self.rank * workers + worker, self.world_size * workers
 
     def raw_sequence(self, slot: int, slots: int, epoch: int) -> Iterator[tuple[Shard, RawRow]]:

@@ -67,6 +67,7 @@ FAMILIES: tuple[Family, ...] = (
         media_tokens=("<image>",),
         image_placeholder="<image>",
         quirks=("LLaVA-1.5's template writes no </s> after answers; vlmtrain appends it to the final turn",),
+        template_varies=True,  # llava is also Pixtral's model type, whose template writes </s> after every answer
         packing="position_ids",
         **_LLAVA_STYLE,
     ),
@@ -180,6 +181,12 @@ FAMILIES: tuple[Family, ...] = (
         language_model=("model.language_model",),
         quirks=("transformers 5.24's Llama4ForConditionalGeneration.forward fails (outputs.image_outputs); "
                 "masks are verified, training needs a fixed transformers",),
+    ),
+    Family(
+        name="qwen3_5",
+        model_types=("qwen3_5", "qwen3_5_moe"),
+        quirks=("generation prompt opens <think>; the final turn samples its think block, history turns drop it",),
+        **{**_QWEN_VL_STYLE, "projector": ("model.visual.merger",)},
     ),
     # --- text models --------------------------------------------------------------------------------------
     Family(

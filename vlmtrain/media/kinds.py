@@ -92,8 +92,10 @@ class VideoKind:
         return video.load_clip(item.path, item.frames, item.width, item.height, where)
 
     def batch_inputs(self, clips: list[list[Any]]) -> dict[str, list[list[Any]]]:
+        # vlmtrain sampled the frames (data.video) and the processor must not sample them again: Qwen3-VL's
+        # and GLM-4.1V's video processors default to re-sampling, which would silently drop frames.
         return {self.processor_arg: [[c.frames for c in row] for row in clips],
-                "video_metadata": [[c.metadata for c in row] for row in clips]}
+                "video_metadata": [[c.metadata for c in row] for row in clips], "do_sample_frames": False}
 
 
 MODALITIES: dict[str, MediaKind] = {kind.name: kind for kind in (ImageKind(), VideoKind())}

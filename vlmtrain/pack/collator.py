@@ -75,7 +75,8 @@ class PackingCollator:
         groups = [list(range(len(features)))] if self.flat else _groups(packs)
         used = [sum(lengths[i] for i in g) for g in groups]
         width = max(used)
-        segments = [tuple(lengths[i] for i in g) + ((width - n,) if n < width else ()) for g, n in zip(groups, used)]
+        segments = [tuple(lengths[i] for i in g) + ((width - n,) if n < width else ())
+                    for g, n in zip(groups, used, strict=True)]
         info = PackInfo(tuple(segments), self.mode)
         out: dict[str, Any] = {}
         fill = {"input_ids": self.pad_id, "labels": IGNORE}

@@ -86,7 +86,8 @@ class ChatRenderer:
             raise ValueError("rows in one batch disagree on BOS handling; render them with the same template")
         if not self.is_processor:
             return self.tokenizer(texts, add_special_tokens=add_special, **kwargs)
-        present = {k: v for k, v in (media or {}).items() if any(len(row) for row in v)}
+        present = {k: v for k, v in (media or {}).items()  # per-row lists, plus plain settings (do_sample_frames)
+                   if not isinstance(v, list) or any(len(row) for row in v)}
         return self.processing_class(text=texts, **present, add_special_tokens=add_special, **kwargs)
 
 

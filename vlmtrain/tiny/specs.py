@@ -105,6 +105,12 @@ _QWEN_STOPS = ("<|im_end|>", "<|endoftext|>")  # Qwen2/2.5/3(-VL) generation_con
 _LLAMA3_STOPS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")  # Llama 3.x: [128001, 128008, 128009]
 _TOOLS = TemplateTraits(tools=True)
 _REASONING = TemplateTraits(tools=True, history_rewrites=True, reasoning=True)
+# Qwen3.5's hybrid decoder: one gated-delta-net (linear attention) layer, one full-attention layer.
+_QWEN3_5_TEXT = _text(
+    head_dim=16, layer_types=["linear_attention", "full_attention"], linear_key_head_dim=8,
+    linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+    rope_parameters={**_MROPE, "mrope_interleaved": True, "partial_rotary_factor": 1.0},
+)
 _QWEN_VL_PROC = dict(image=("Qwen2VLImageProcessor", _QWEN_IMG), video=("Qwen2VLVideoProcessor", _QWEN_IMG))
 
 
@@ -531,6 +537,22 @@ _TABLE = (
         ),
         generation_stops=("<|end_of_text|>", "<|eom|>", "<|eot|>"),  # Llama 4: [200001, 200007, 200008]
         traits=TemplateTraits(system="str"),
+    ),
+    FamilySpec(
+        "qwen3_5", ("shared", "qwen3_5"),  # Qwen3.5-4B+ (think variant; trl qwen3_5_think.jinja)
+        QWEN_VL_TOK, "Qwen3_5Config",
+        dict(
+            text_config=_QWEN3_5_TEXT,
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+                               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                               num_position_embeddings=64),
+            **_QWEN_VL_IDS,
+        ),
+        ProcessorSpec(
+            "Qwen3VLProcessor", ("Qwen2VLImageProcessor", _QWEN_IMG), ("Qwen3VLVideoProcessor", _QWEN_IMG)
+        ),
+        generation_stops=_QWEN_STOPS,
+        traits=_REASONING,
     ),
     # --- text-only families ----------------------------------------------------------------------
     FamilySpec(

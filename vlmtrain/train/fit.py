@@ -17,6 +17,7 @@ from vlmtrain.train.record import is_rank0, write_config, write_run
 from vlmtrain.train.resume import CheckpointMarker, start_run
 from vlmtrain.train.samples import attach_eval_samples
 from vlmtrain.train.signals import Preempted, PreemptionCallback, preempted_message, resume_command
+from vlmtrain.train.streaming import open_stream
 from vlmtrain.train.trainer import VlmSFTTrainer, sft_config
 
 log = logging.getLogger("vlmtrain")
@@ -44,14 +45,16 @@ def fit(cfg: Any) -> FitResult:
         from vlmtrain.pack.setup import require_packable
 
         require_packable(renderer.family.family if renderer.family else None, str(cfg.model.attn_implementation))
-    train_rows = load_split(cfg, renderer, "train")
-    trained_per_epoch = int(sum(train_rows["num_trained"]))
+    stream = open_stream(cfg, renderer, run.training, run.checkpoint) if cfg.data.streaming else None
+    train_rows = load_split(cfg, renderer, "train") if stream is None else None  # a stream renders as it trains
+    trained_per_epoch = int(sum(train_rows["num_trained"])) if train_rows is not None else 0
     # The trainer reads whole rows: hand it only what the collator uses, not the attribution columns.
-    train_dataset = train_rows.select_columns(list(COLLATOR_COLUMNS))
+    train_dataset = train_rows.select_columns(list(COLLATOR_COLUMNS)) if train_rows is not None else stream.stand_in
     eval_rows = load_split(cfg, renderer, "eval") if cfg.data.eval else None
     eval_dataset = eval_rows.select_columns(list(COLLATOR_COLUMNS)) if eval_rows is not None else None
 
-    splits = {"train": train_rows, **({"eval": eval_dataset} if eval_dataset is not None else {})}
+    splits = {**({"train": train_rows} if train_rows is not None else {}),
+              **({"eval": eval_dataset} if eval_dataset is not None else {})}
     write_run(cfg.training.output_dir, splits, run.checkpoint)  # the data cache keys, before training starts
     training = run.training  # the training section less vlmtrain's own keys (resume_from_checkpoint, overwrite_...)
     training, shard = sharding.plan(training)  # FSDP2 / DeepSpeed settings, checked and normalised
@@ -84,6 +87,8 @@ def fit(cfg: Any) -> FitResult:
     )
     if packing:  # TRL's constructor takes only row datasets; the Trainer itself iterates any sized dataset
         trainer.train_dataset, trainer.eval_dataset = packed.train, packed.eval
+    if stream is not None:  # its collator wrapper, loader and state callback (vlmtrain/train/streaming.py)
+        stream.attach(trainer)
     sharding.check_enabled(trainer, shard)
     attach_eval_samples(trainer, cfg, renderer)  # eval.samples: answers to fixed eval prompts at each evaluation
     processes = trainer.accelerator.num_processes

@@ -25,7 +25,7 @@ from vlmtrain.collate import COLLATOR_COLUMNS
 from vlmtrain.data.policies import BuildReport
 from vlmtrain.data.stream import ERROR_KEY, STREAM_KEY, StreamDataset, stream_rank
 from vlmtrain.errors import ConfigError, DataError, Reason
-from vlmtrain.train.resume import ResumeError
+from vlmtrain.train.resume import CheckpointMarker, ResumeError
 
 log = logging.getLogger("vlmtrain")
 
@@ -85,6 +85,7 @@ class StreamTracker:
     shuffle_buffer: int
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
     rows: int = 0
+    batches: int = 0  # taken by the trainer; modulo the workers, whose batch comes next
     report: BuildReport = field(default_factory=BuildReport)
     _reported: tuple[int, float] = (0, 0.0)
 
@@ -97,6 +98,7 @@ class StreamTracker:
         for label, message in marker["dropped"]:
             self.report.drop(label, message)
         self.rows += len(marker["tags"])
+        self.batches += 1
         self.report.kept += len(marker["tags"])
         self.report.trained_tokens += sum(marker["trained"])
         self.report.total_tokens += sum(marker["tokens"])
@@ -120,7 +122,7 @@ class StreamTracker:
     def state(self) -> dict[str, Any]:
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
                 "seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "shards": self.shards,
-                "rows_consumed": self.rows,
+                "rows_consumed": self.rows, "batches_consumed": self.batches,
                 "workers": {str(w): {"epoch": e, "position": p} for w, (e, p) in sorted(self.positions.items())},
                 "report": self.report.to_dict()}
 
@@ -163,10 +165,11 @@ class StreamStateCallback(TrainerCallback):
         self.tracker.maybe_report(force=True)
 
 
-def load_state(checkpoint: str | None, tracker: StreamTracker) -> dict[int, tuple[int, int]]:
-    """Where each worker resumes (nothing when starting fresh); a state that does not fit this run is an error."""
+def load_state(checkpoint: str | None, tracker: StreamTracker) -> tuple[dict[int, tuple[int, int]], int]:
+    """Where each worker resumes and which worker's batch comes next (nothing when starting fresh); a state that
+    does not fit this run is an error."""
     if checkpoint is None:
-        return {}
+        return {}, 0
     path = Path(checkpoint) / STATE_FILE.format(rank=tracker.rank)
     try:
         saved = json.loads(path.read_text())
@@ -181,12 +184,12 @@ def load_state(checkpoint: str | None, tracker: StreamTracker) -> dict[int, tupl
             raise ResumeError(f"{path}: the stream was saved with {key} {shown}; the position cannot be carried "
                               "over: resume with the same processes, training.dataloader_num_workers, data.seed, "
                               "data.shuffle_buffer and shard files")
-    tracker.rows = int(saved.get("rows_consumed", 0))
+    tracker.rows, tracker.batches = int(saved["rows_consumed"]), int(saved["batches_consumed"])
     tracker.report = BuildReport.from_dict(saved.get("report", {}))
     tracker.positions = {int(w): (int(s["epoch"]), int(s["position"])) for w, s in saved["workers"].items()}
     log.info("train stream (rank %d): resuming after %d rows (%s)", tracker.rank, tracker.rows,
              ", ".join(f"worker {w}: epoch {e} row {p}" for w, (e, p) in sorted(tracker.positions.items())))
-    return dict(tracker.positions)
+    return dict(tracker.positions), tracker.batches % max(1, tracker.num_workers)
 
 
 @dataclass
@@ -195,23 +198,29 @@ class StreamRun:
     tracker: StreamTracker
     callback: StreamStateCallback
 
-    def collator(self, inner: Callable[[list[Any]], dict[str, Any]]) -> StreamCollator:
-        return StreamCollator(inner)
+    @property
+    def stand_in(self) -> Any:
+        """What TRL's constructor is given (it takes only ``datasets`` types); ``attach`` puts the stream in."""
+        import datasets
 
-    def prepare_args(self, args: Any) -> None:
-        """The Trainer must neither broadcast rank 0's batches nor fast-forward the stream itself."""
-        args.ignore_data_skip = True
-        args.accelerator_config.dispatch_batches = False
-        args.accelerator_config.split_batches = False
+        return datasets.IterableDataset.from_generator(_no_rows)
 
     def attach(self, trainer: Any) -> None:
-        """The trainer's train dataloader, wrapped in ``StreamLoader`` with accelerate's re-sharding undone."""
-        original = trainer.get_train_dataloader
-        tracker = self.tracker
+        """Wire the stream into a constructed trainer: its collator wrapped, its train dataloader wrapped in
+        ``StreamLoader`` with accelerate's re-sharding undone, the state callback ahead of ``CheckpointMarker``,
+        and neither rank-0 broadcasting nor the Trainer's own fast-forward on resume."""
+        from accelerate.data_loader import IterableDatasetShard
+
+        trainer.train_dataset = self.dataset
+        trainer.args.ignore_data_skip = True
+        trainer.accelerator.dataloader_config.dispatch_batches = False
+        trainer.data_collator = StreamCollator(trainer.data_collator)
+        callbacks = trainer.callback_handler.callbacks
+        at = next((i for i, c in enumerate(callbacks) if isinstance(c, CheckpointMarker)), len(callbacks))
+        callbacks.insert(at, self.callback)
+        original, tracker = trainer.get_train_dataloader, self.tracker
 
         def get_train_dataloader() -> StreamLoader:
-            from accelerate.data_loader import IterableDatasetShard
-
             loader = original()
             shard = getattr(loader, "dataset", None)
             if isinstance(shard, IterableDatasetShard):  # the stream is rank-sharded already
@@ -221,16 +230,23 @@ class StreamRun:
         trainer.get_train_dataloader = get_train_dataloader
 
 
+def _no_rows() -> Iterator[dict[str, Any]]:
+    """One empty row of the collator's columns: TRL's constructor peeks at a sample (never trained on)."""
+    yield {"where": "", "text": "", "media": [], "input_ids": [], "loss_mask": []}
+
+
 def open_stream(cfg: Any, renderer: Any, training: dict[str, Any], checkpoint: str | None) -> StreamRun:
     """The train stream of this rank, resumed from ``checkpoint``'s stream state when given."""
     require_max_steps(training)
+    if cfg.data.packing:
+        raise ConfigError("data.packing with data.streaming is not supported yet; set one of them to false")
     rank, world = stream_rank()
     workers = int(training.get("dataloader_num_workers", 0) or 0)
     dataset = StreamDataset(cfg, renderer, list(cfg.data.train), rank=rank, world_size=world)
     tracker = StreamTracker(rank=rank, world_size=world, num_workers=workers,
                             shards=[s.path for s in dataset.shards], seed=dataset.seed,
                             shuffle_buffer=dataset.buffer)
-    dataset.start = load_state(checkpoint, tracker)
+    dataset.start, dataset.rotation = load_state(checkpoint, tracker)
     log.info("train stream (rank %d of %d): %d shard(s), %d dataloader worker(s), shuffle buffer %d", rank, world,
              len(dataset.shards), workers, dataset.buffer)
     return StreamRun(dataset, tracker, StreamStateCallback(tracker))
