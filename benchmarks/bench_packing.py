@@ -10,7 +10,8 @@ same cached rows, with micro-batch tensors of the same size:
 - TRL: ``DataCollatorForVisionLanguageModeling`` on messages + images, ``--batch`` rows per micro-batch.
 
 Figures: non-pad share of the token grid (target packed >= 95%), trained tokens/s (the sampled tokens the
-rows train, the same count for every arm; targets packed >= 1.5x padded and >= 1.5x TRL), peak memory (CUDA:
+rows train, the same count for every arm, per second of wall time on CUDA and of process CPU time on the
+CPU, where other processes share the cores; targets packed >= 1.5x padded and >= 1.5x TRL), peak memory (CUDA:
 ``max_memory_allocated``; CPU: the largest micro-batch grid, batch x length, as a proxy — RSS is process-wide).
 """
 
@@ -31,7 +32,7 @@ def _epoch(model: Any, batches: list[Any], collate: Any, device: str) -> dict[st
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = time.perf_counter() if device == "cuda" else time.process_time()  # CPU: immune to neighbours
     for items in batches:
         batch = collate(items)
         ids = batch["input_ids"]
@@ -49,7 +50,7 @@ def _epoch(model: Any, batches: list[Any], collate: Any, device: str) -> dict[st
         optimizer.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() if device == "cuda" else time.process_time()) - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float(peak_grid)
     return {"seconds": seconds, "non_pad": real / grid, "peak": peak}
 

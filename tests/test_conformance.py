@@ -344,6 +344,13 @@ def _cut_after_stop(text: str, stops: tuple[str, ...]) -> str:
     return text[:hit[0] + len(hit[1])] if hit else text.rstrip()
 
 
+def _token_start(tokenizer: Any, text: str, at: int) -> int:
+    """``at`` moved back to the start of the token of ``text`` it falls inside: where a prompt and the
+    conversation part mid-token (``<think>`` fed, ``<tool_call>`` written), that token is not the prompt's."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return next((a for a, b in offsets if a < at < b), at)
+
+
 def _without_think(text: str) -> str:
     text = re.sub(r"<think>.*?</think>\s*", "", text, flags=re.S)
     # A turn whose generation prompt opened the block (Qwen3.5 feeds "<think>\n") starts inside it.
@@ -398,10 +405,10 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
             # The inference engine feeds the generation prompt; the model samples from there to its stop.
             prompt = fam.render_text(msgs[:k], generation_prompt=True, tools=tools)
             if fam.traits.history_rewrites and not full.startswith(prompt):
-                # Qwen3.5's prompt opens "<think>\n", which history turns drop with their reasoning: the turn
-                # is trained from where the prompt and the conversation part (what the template writes for it).
-                start = _common_prefix(prompt, full)
-                assert k < final and prompt[start:].strip().startswith("<think>"), f"turn {k}: {prompt[start:]!r}"
+                # Qwen3.5's prompt opens "<think>\n", which history turns drop with their reasoning (DeepSeek-R1
+                # distills' drop it from every turn): the turn is trained from where prompt and conversation part.
+                start = _token_start(fam.tokenizer, full, _common_prefix(prompt, full))
+                assert "<think>" in prompt[start:], f"turn {k}: {prompt[start:]!r}"
             else:
                 assert full.startswith(prompt), f"turn {k}: generation prompt is not a prefix of the conversation"
                 start = len(prompt)

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlmtrain"
 # Leaves first; a package may import only those before it. tiny/embedded build the offline default models
 # (families-level knowledge); generate, inspect and cli are leaves that read the same row type.
 ORDER = ("errors", "paths", "log", "devices", "config", "families", "tiny", "embedded", "media", "render", "mask",
-         "formats", "data", "collate", "generate", "train", "launch", "inspect", "cli", "__main__")
+         "formats", "data", "collate", "pack", "generate", "train", "eval", "launch", "inspect", "cli", "__main__")
 TABLES = {"tiny/specs.py", "families/registry.py"}  # declarative tables of data, exempt from the size limit
 MAX_LINES = 400
 

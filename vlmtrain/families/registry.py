@@ -217,6 +217,37 @@ FAMILIES: tuple[Family, ...] = (
         quirks=("the stop token opens the next message; vlmtrain trains it and appends <|user|> at the end",),
         **_TEXT_ONLY,
     ),
+    Family(
+        name="llama3_1",
+        model_types=(),  # model type llama: selected by model.family: llama3_1 (Llama 3.1 and 3.3 share it)
+        stop_tokens=("<|eot_id|>", "<|eom_id|>"),
+        quirks=("Llama 3.1 / 3.3's template writes today's date; vlmtrain pins it (data.template_date)",),
+        **_TEXT_ONLY,
+    ),
+    Family(
+        name="deepseek_r1_distill_qwen",
+        model_types=(),  # model type qwen2: selected by model.family
+        stop_tokens=("<｜end▁of▁sentence｜>",),
+        quirks=("the generation prompt opens <think>; the template drops every turn's reasoning, so answers are "
+                "trained without it",),
+        **_TEXT_ONLY,
+    ),
+    Family(
+        name="deepseek_r1_distill_llama",
+        model_types=(),  # model type llama: selected by model.family
+        stop_tokens=("<｜end▁of▁sentence｜>",),
+        quirks=("the generation prompt opens <think>; the template drops every turn's reasoning, so answers are "
+                "trained without it",),
+        **_TEXT_ONLY,
+    ),
+    Family(name="smollm3", model_types=("smollm3",), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
+    Family(
+        name="qwen3_5_text",
+        model_types=("qwen3_5_text",),
+        stop_tokens=("<|im_end|>",),
+        quirks=("generation prompt opens <think>; the final turn samples its think block, history turns drop it",),
+        **_TEXT_ONLY,
+    ),
 )
 
 

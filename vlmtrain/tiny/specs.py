@@ -95,6 +95,13 @@ LLAMA2_TOK = TokenizerSpec(
     "metaspace", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
     named={"image_token": "<image>"},
 )
+DEEPSEEK_TOK = TokenizerSpec(  # DeepSeek-R1 distills: DeepSeek's markers on the Qwen2 / Llama 3 vocabulary
+    "byte_level", bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", pad="<｜▁pad▁｜>", add_bos=True,
+    special=("<｜User｜>", "<｜Assistant｜>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
+             "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>",
+             "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>", "<｜tool▁sep｜>"),
+    plain=("<think>", "</think>"),
+)
 _QWEN_VL_IDS = dict(
     image_token_id=Tok("<|image_pad|>"),
     video_token_id=Tok("<|video_pad|>"),
@@ -552,7 +559,9 @@ _TABLE = (
             "Qwen3VLProcessor", ("Qwen2VLImageProcessor", _QWEN_IMG), ("Qwen3VLVideoProcessor", _QWEN_IMG)
         ),
         generation_stops=_QWEN_STOPS,
-        traits=_REASONING,
+        # Tools: a tool-call turn before the last user query renders without the think block the prompt opens,
+        # and so do all prefixes up to the tool reply: no prefix-based oracle holds (tests/test_new_families.py).
+        traits=TemplateTraits(history_rewrites=True, reasoning=True),
     ),
     # --- text-only families ----------------------------------------------------------------------
     FamilySpec(
@@ -596,6 +605,42 @@ _TABLE = (
         ),
         generation_stops=("<|endoftext|>", "<|user|>", "<|observation|>"),  # GLM-4.5: [151329, 151336, 151338]
         traits=_REASONING,
+    ),
+    FamilySpec(
+        "llama3_1", ("shared", "llama.cpp/meta-llama-Llama-3.1-8B-Instruct.jinja"),  # = Llama 3.3's, byte for byte
+        LLAMA3_TOK, "LlamaConfig", _text(),
+        generation_stops=_LLAMA3_STOPS,
+        traits=TemplateTraits(tools=True, refuses={"parallel_tools": "single tool-calls"}),
+        architecture="llama",
+    ),
+    FamilySpec(
+        "deepseek_r1_distill_qwen", ("shared", "llama.cpp/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"),
+        replace(DEEPSEEK_TOK, pad="<｜end▁of▁sentence｜>"), "Qwen2Config", _text(),
+        generation_stops=("<｜end▁of▁sentence｜>",),  # [151643]
+        traits=TemplateTraits(history_rewrites=True),
+        architecture="qwen2",
+    ),
+    FamilySpec(
+        "deepseek_r1_distill_llama", ("shared", "llama.cpp/deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"),
+        DEEPSEEK_TOK, "LlamaConfig", _text(),
+        generation_stops=("<｜end▁of▁sentence｜>",),  # [128001]
+        traits=TemplateTraits(history_rewrites=True),
+        architecture="llama",
+    ),
+    FamilySpec(
+        "smollm3", ("shared", "llama.cpp/HuggingFaceTB-SmolLM3-3B.jinja"),
+        TokenizerSpec(
+            "byte_level", eos="<|im_end|>", pad="<|finetune_right_pad_id|>",
+            special=("<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>"), plain=("<think>", "</think>"),
+        ),
+        "SmolLM3Config", _text(),
+        generation_stops=("<|im_end|>",),  # [128012]
+    ),
+    FamilySpec(
+        "qwen3_5_text", ("shared", "llama.cpp/Qwen3.5-4B.jinja"),  # = ../qwen3_5's template, byte for byte
+        QWEN3_TOK, "Qwen3_5TextConfig", _QWEN3_5_TEXT,
+        generation_stops=_QWEN_STOPS,
+        traits=TemplateTraits(history_rewrites=True, reasoning=True),
     ),
 )  # fmt: skip
 
