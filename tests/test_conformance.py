@@ -274,10 +274,11 @@ def stop_facts(fam: Family) -> tuple[str, str]:
     msgs = [b.user("Say hello."), b.assistant("Hello there."), b.user("Say bye."), b.assistant("Bye now.")]
     prompt = fam.render_text(msgs[:1], generation_prompt=True)
     alone, full = fam.render_text(msgs[:2]), fam.render_text(msgs)
-    answer_end = alone.index("Hello there.", len(prompt)) + len("Hello there.")
+    fed = _common_prefix(prompt, alone)  # the whole prompt, unless the template drops what it opens (<think>)
+    answer_end = alone.index("Hello there.", fed) + len("Hello there.")
     if hit := _first_stop(alone, answer_end, None, fam.stops):
         return "in_turn", hit[1]
-    answer_end = full.index("Hello there.", len(prompt)) + len("Hello there.")
+    answer_end = full.index("Hello there.", fed) + len("Hello there.")
     if hit := _first_stop(full, answer_end, full.index("Say bye.", answer_end), fam.stops):
         return "next_turn", hit[1]
     assert fam.tokenizer.eos_token in fam.stops, "the template writes no stop: the engine must stop on eos"
@@ -435,8 +436,9 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
             # The same expectation from the prefix render alone: render(messages[:k+1]) minus the generation
             # prompt, cut after the first stop (GLM: plus the stop that opens the next message).
             alone = fam.render_text(msgs[:k + 1], tools=tools)
-            assert alone.startswith(prompt)
-            by_prefix = _cut_after_stop(alone[len(prompt):], stop_strings)
+            fed = len(prompt) if alone.startswith(prompt) else start
+            assert fed == len(prompt) or fam.traits.history_rewrites
+            by_prefix = _cut_after_stop(alone[fed:], stop_strings)
             if placement == "next_turn" and k < final:
                 by_prefix += stops[-1].text
             if k == final and appended:

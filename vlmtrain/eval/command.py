@@ -197,8 +197,9 @@ def run_eval(target: str, *, metric: str = "cer", device: str | None = None, max
             bar.update()
     answers: list[dict[str, Any]] = []
     skipped: dict[int, int] = {}
-    with tqdm(desc="eval generate", file=sys.stderr, disable=not progress, unit="row") as bar:
-        for index, example in _examples(cfg, sources, settings, max_rows, skipped):
+    examples = list(_examples(cfg, sources, settings, max_rows, skipped))
+    with tqdm(total=len(examples), desc="eval generate", file=sys.stderr, disable=not progress, unit="row") as bar:
+        for index, example in examples:
             prompt = _prompt(example, masked, settings)
             if prompt is None:
                 scores[index].no_reference += 1

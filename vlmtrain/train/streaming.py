@@ -224,7 +224,7 @@ class StreamRun:
             loader = original()
             shard = getattr(loader, "dataset", None)
             if isinstance(shard, IterableDatasetShard):  # the stream is rank-sharded already
-                pass
+                shard.num_processes, shard.process_index = 1, 0
             return StreamLoader(loader, tracker)
 
         trainer.get_train_dataloader = get_train_dataloader
