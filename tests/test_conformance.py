@@ -611,6 +611,11 @@ KNOWN_BUGS = {
     ("glm4v", "emptyish"): "render/template.py writes the appended stop at len(full.rstrip()), inside the "
                            "generation prompt '<|assistant|>\\n' when the final answer is empty, so it is not sampled; "
                            "fix: at = max(len(full.rstrip()), sample_from[last])",
+    **{(f, "emptyish"): "render/template.py starts a turn's sampled tokens at the first token after the "
+                        "character common prefix of prompt and text; an empty answer's stop '<｜end▁of▁sentence｜>' "
+                        "shares '<' with the prompt's '<think>', so it is not trained although the engine never "
+                        "feeds it; fix: when the prompt is not a prefix, start at the token holding the divergence"
+       for f in ("deepseek_r1_distill_qwen", "deepseek_r1_distill_llama")},
 }
 
 

@@ -96,11 +96,14 @@ def _content_mask(full: str, starts: list[int], messages: Sequence[dict], tok_st
                 ranges.append((at, at + len(needle)))
                 cursor = at + len(needle)
     # A token is content when it overlaps the text: " café" / "▁Say" start on the template's space before it.
+    # The ranges are ordered and disjoint (each search starts past the previous match), so the only range a
+    # token can overlap first is the last one starting before the token ends: one binary search per token.
     tok_ends = np.append(tok_starts[1:], len(full))
-    is_content = np.zeros(len(tok_starts), dtype=bool)
-    for lo, hi in ranges:
-        is_content |= (tok_starts < hi) & (tok_ends > lo)
-    return is_content
+    if not ranges:
+        return np.zeros(len(tok_starts), dtype=bool)
+    lo, hi = np.asarray(ranges, dtype=np.int64).T
+    last = np.searchsorted(lo, tok_ends, side="left") - 1
+    return (last >= 0) & (hi[np.maximum(last, 0)] > tok_starts)
 
 
 def _is_blank(renderer: ChatRenderer, token_id: int) -> bool:
@@ -153,9 +156,11 @@ def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messag
     ends_turn = np.full(n, NO_MESSAGE, dtype=np.int64)
     is_stop = np.isin(ids, np.asarray(family.stop_ids, dtype=np.int64))
     positions = np.arange(n)
+    # Message spans are contiguous and in order (starts only grow), so each is a slice: linear in the row.
+    bounds = np.searchsorted(message_index, np.arange(len(roles) + 2), side="left")
 
     for k, role in enumerate(roles):
-        span = np.flatnonzero(message_index == k)
+        span = positions[bounds[k]:bounds[k + 1]]
         if span.size == 0:
             continue
         if role != "assistant":
@@ -167,12 +172,12 @@ def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messag
                 ends_turn[stops[0]] = k
             continue
         first = int(np.searchsorted(tok_starts, sample_from[k], side="left"))
-        window = positions[(positions >= first) & (positions <= span[-1])]
+        window = positions[first:span[-1] + 1]
         if family.family.stop_placement == "next_turn":
-            following = np.flatnonzero(message_index == k + 1)
+            following = positions[bounds[k + 1]:bounds[k + 2]]
             opener = next((int(i) for i in following if not _is_blank(renderer, ids[i])), None)
             if opener is not None:
-                window = positions[(positions >= first) & (positions <= opener)]
+                window = positions[first:opener + 1]
         stops = window[is_stop[window]]
         if stops.size:
             end = int(stops[0])

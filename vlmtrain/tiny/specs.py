@@ -615,7 +615,7 @@ _TABLE = (
     ),
     FamilySpec(
         "deepseek_r1_distill_qwen", ("shared", "llama.cpp/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"),
-        replace(DEEPSEEK_TOK, pad="<｜end▁of▁sentence｜>"), "Qwen2Config", _text(),
+        DEEPSEEK_TOK, "Qwen2Config", _text(),
         generation_stops=("<｜end▁of▁sentence｜>",),  # [151643]
         traits=TemplateTraits(history_rewrites=True),
         architecture="qwen2",
