@@ -25,6 +25,10 @@ BENCHMARKS = (  # name, script, arguments; the order keeps the cheap ones first
     ("cache", "bench_cache.py", ()),
     ("train", "bench_train.py", ()),
     ("scaling", "bench_scaling.py", ()),
+    ("attribution", "bench_attribution.py", ()),
+    ("packing", "bench_packing.py", ("--rows", "48", "--batch", "4")),
+    ("stream", "bench_stream.py", ()),
+    ("tiles", "bench_tiles.py", ()),
 )
 BUDGET_S = 600
 

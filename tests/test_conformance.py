@@ -353,7 +353,7 @@ def _token_start(tokenizer: Any, text: str, at: int) -> int:
 
 
 def _without_think(text: str) -> str:
-    text = re.sub(r"<think>.*?</think>\s*", "", text, flags=re.S)
+    text = re.sub(r"<think>.*?</think>\s*|<\|channel>.*?<channel\|>", "", text, flags=re.S)  # Gemma 4's channel
     # A turn whose generation prompt opened the block (Qwen3.5 feeds "<think>\n") starts inside it.
     return re.sub(r"^.*?</think>\s*", "", text, count=1, flags=re.S)
 
@@ -407,9 +407,10 @@ def expected_for(fam: Family, conv: Conv) -> Expected:
             prompt = fam.render_text(msgs[:k], generation_prompt=True, tools=tools)
             if fam.traits.history_rewrites and not full.startswith(prompt):
                 # Qwen3.5's prompt opens "<think>\n", which history turns drop with their reasoning (DeepSeek-R1
-                # distills' drop it from every turn): the turn is trained from where prompt and conversation part.
+                # distills' drop it from every turn; Gemma 4 31B's prompt writes an empty thought channel no turn
+                # has): the turn is trained from where prompt and conversation part.
                 start = _token_start(fam.tokenizer, full, _common_prefix(prompt, full))
-                assert "<think>" in prompt[start:], f"turn {k}: {prompt[start:]!r}"
+                assert re.search(r"<think>|<\|channel>", prompt[start:]), f"turn {k}: {prompt[start:]!r}"
             else:
                 assert full.startswith(prompt), f"turn {k}: generation prompt is not a prefix of the conversation"
                 start = len(prompt)
@@ -612,10 +613,11 @@ KNOWN_BUGS = {
                            "generation prompt '<|assistant|>\\n' when the final answer is empty, so it is not sampled; "
                            "fix: at = max(len(full.rstrip()), sample_from[last])",
     **{(f, "emptyish"): "render/template.py starts a turn's sampled tokens at the first token after the "
-                        "character common prefix of prompt and text; an empty answer's stop '<｜end▁of▁sentence｜>' "
-                        "shares '<' with the prompt's '<think>', so it is not trained although the engine never "
-                        "feeds it; fix: when the prompt is not a prefix, start at the token holding the divergence"
-       for f in ("deepseek_r1_distill_qwen", "deepseek_r1_distill_llama")},
+                        "character common prefix of prompt and text; an empty answer's stop ('<｜end▁of▁sentence｜>', "
+                        "'<turn|>') shares '<' with what the prompt opens ('<think>', '<|channel>'), so it is not "
+                        "trained although the engine never feeds it; fix: when the prompt is not a prefix, start at "
+                        "the token holding the divergence"
+       for f in ("deepseek_r1_distill_qwen", "deepseek_r1_distill_llama", "gemma4_text")},
 }
 
 

@@ -36,7 +36,8 @@ def test_text_family_fits_and_its_weights_change(family: str, tiny_dir, tmp_path
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     cfg = load_config(None, [
-        f"model.name_or_path={model_dir}", f"data.train.0.path={data}", f"training.output_dir={tmp_path / 'run'}",
+        f"model.name_or_path={model_dir}", f"model.family={family}", f"data.train.0.path={data}",
+        f"training.output_dir={tmp_path / 'run'}",
         "training.max_steps=3", "training.per_device_train_batch_size=4", "training.learning_rate=1e-2",
         "training.logging_steps=1", "training.save_strategy='no'", "training.report_to=none",
     ])

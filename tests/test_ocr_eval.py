@@ -101,8 +101,14 @@ def ocr_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_eval_reports_loss_and_cer_per_source_and_overall(ocr_run) -> None:
+def test_eval_reports_loss_and_cer_per_source_and_overall(ocr_run, monkeypatch) -> None:
+    from vlmtrain.generate import run as generation
+
     run, config = ocr_run
+    prompts = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda model, encoder, batch, **kw: (
+        prompts.extend(batch), real(model, encoder, batch, **kw))[1])
     result = CliRunner().invoke(app, ["eval", str(config), "--metric", "cer", "--json", "--max-new-tokens", "6",
                                       "--device", "cpu"])
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
@@ -119,6 +125,10 @@ def test_eval_reports_loss_and_cer_per_source_and_overall(ocr_run) -> None:
     weighted = (pages["loss"] * pages["loss_tokens"] + text["loss"] * text["loss_tokens"]) / overall["loss_tokens"]
     assert overall["loss"] == pytest.approx(weighted) and overall["cer"] == pytest.approx(pages["cer"])
     assert "CER" in result.stdout and "overall: loss" in result.stdout
+    # generation saw the run's transform: each 180x120 page as overview + 3x2 tiles, labels before them
+    assert len(prompts) == 2 and all(len(p.images) == 7 and "/tiles/" in p.images[0] for p in prompts)
+    user_text = "".join(part.get("text", "") for part in prompts[0].messages[-1]["content"])
+    assert user_text.startswith("<global_img><row1_col1>") and user_text.endswith("<row2_col3>Transcribe.")
 
 
 @pytest.mark.slow

@@ -249,3 +249,21 @@ def test_inspect_mask_shows_tiles_and_untrained_labels(tmp_path, qwen) -> None:
     terminal = CliRunner().invoke(app, ["inspect-mask", str(cfg_file)])
     assert terminal.exit_code == 0 and "images 7" in terminal.stdout
     assert "<row1_col1><|vision_start|><|image_pad|> ×4<|vision_end|><row1_col2>" in terminal.stdout
+
+
+def test_generate_prompts_are_tiled_like_the_training_rows(tmp_path, qwen) -> None:
+    """`vlmtrain generate` on a tiled run must send the tiles and labels training used, not the whole page."""
+    from vlmtrain.generate.prompt import PromptEncoder, prompt_from_args
+
+    image = page(tmp_path / "page.png", GRID["landscape"][0])
+    write_rows(tmp_path / "rows.jsonl", [conversation(str(image))])
+    cfg = make_cfg(tmp_path, qwen, str(tmp_path / "rows.jsonl"))
+    renderer, result = build(cfg)
+    encoder = PromptEncoder(cfg, renderer)
+    prompt = encoder.transformed(prompt_from_args("Read the page.", [str(image)]))
+    trained = result.dataset[0]
+    assert prompt.images == [m["path"] for m in trained["media"]]
+    text = encoder.text(prompt)
+    assert trained["text"].startswith(text[:text.index("Read the page.")])  # same labels and image snippets
+    ids = encoder.encode(prompt)["input_ids"][0].tolist()
+    assert ids == trained["input_ids"][:len(ids)]

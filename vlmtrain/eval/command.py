@@ -125,7 +125,7 @@ def _prompt(example: Any, masked: Any, settings: Any) -> Any:
     probed = tuple(kind_of(m.modality).probe(m, example.where, settings.limits) for m in kept)
     tiled = transform_example(masked, dataclasses.replace(example, messages=messages, media=list(kept)), probed,
                               settings, None)
-    return Prompt(messages=tiled.messages, images=[m.path for m in tiled.media], where=example.where,
+    return Prompt(messages=tiled.messages, images=[m.path for m in tiled.media], where=example.where, transformed=True,
                   reference=reference, tools=example.tools)
 
 

@@ -183,6 +183,16 @@ FAMILIES: tuple[Family, ...] = (
                 "masks are verified, training needs a fixed transformers",),
     ),
     Family(
+        name="gemma4",
+        model_types=("gemma4",),
+        stop_tokens=("<turn|>", "<|tool_response>"),
+        media_tokens=("<|image>", "<|image|>", "<image|>", "<|video|>", "<|audio>", "<|audio|>", "<audio|>"),
+        image_placeholder="<|image|>",
+        extra_inputs=("mm_token_type_ids",),
+        quirks=("the thought channel is written only for answers after the last user turn; history drops it",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
         name="qwen3_5",
         model_types=("qwen3_5", "qwen3_5_moe"),
         quirks=("generation prompt opens <think>; the final turn samples its think block, history turns drop it",),
@@ -241,6 +251,13 @@ FAMILIES: tuple[Family, ...] = (
         **_TEXT_ONLY,
     ),
     Family(name="smollm3", model_types=("smollm3",), stop_tokens=("<|im_end|>",), **_TEXT_ONLY),
+    Family(
+        name="gemma4_text",
+        model_types=("gemma4_text",),
+        stop_tokens=("<turn|>", "<|tool_response>"),
+        quirks=("the thought channel is written only for answers after the last user turn; history drops it",),
+        **_TEXT_ONLY,
+    ),
     Family(
         name="qwen3_5_text",
         model_types=("qwen3_5_text",),

@@ -25,6 +25,7 @@ class Prompt:
     where: str = "prompt"
     reference: str | None = None
     tools: list[dict] | None = None
+    transformed: bool = False  # data.image_transform already applied (eval builds its prompts that way)
 
     @property
     def question(self) -> str:
@@ -137,6 +138,7 @@ class PromptEncoder:
         self.processing_class = self._chat.processing_class
         self.tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         self.is_processor = self.processing_class is not self.tokenizer
+        self._masked, self._cfg = masked, cfg
         family = masked.family
         self.family_name = family.name if family is not None else None
         self.stop_ids: tuple[int, ...] = tuple(int(i) for i in family.stop_ids) if family is not None else ()
@@ -144,8 +146,29 @@ class PromptEncoder:
     def text(self, prompt: Prompt) -> str:
         return self._chat.render(self._template_messages(prompt), add_generation_prompt=True, tools=prompt.tools)
 
+    def transformed(self, prompt: Prompt) -> Prompt:
+        """The prompt with the run's ``data.image_transform`` applied (tiles and their labels), as in training."""
+        if prompt.transformed or not prompt.images or self._cfg is None:
+            return prompt
+        from vlmtrain.data.examples import Example
+        from vlmtrain.data.policies import BuildSettings
+        from vlmtrain.data.transformed import transform_example
+        from vlmtrain.media.item import MediaItem
+        from vlmtrain.media.kinds import kind_of
+
+        settings = BuildSettings.from_config(self._cfg.data, self._cfg.mask)
+        if getattr(settings, "image_transform", None) is None:
+            return dataclasses.replace(prompt, transformed=True)
+        items = tuple(kind_of("image").probe(MediaItem("image", path), prompt.where, settings.limits)
+                      for path in prompt.images)
+        example = Example(messages=prompt.messages, media=list(items), where=prompt.where)
+        tiled = transform_example(self._masked, example, items, settings, None)
+        return dataclasses.replace(prompt, messages=tiled.messages, images=[m.path for m in tiled.media],
+                                   transformed=True)
+
     def encode(self, prompt: Prompt, *, completion: str | None = None) -> Any:
         """Model inputs (``return_tensors="pt"``) for the prompt, optionally followed by a completion's text."""
+        prompt = self.transformed(prompt)
         text = self.text(prompt) + (completion or "")
         media = None
         if prompt.images:
@@ -159,8 +182,7 @@ class PromptEncoder:
         return self._chat.encode([text], media, return_tensors="pt")
 
     def _template_messages(self, prompt: Prompt) -> list[dict]:
-        """Text-only tokenizers' templates read string contents; processors' read content parts."""
-        if self.is_processor:
-            return prompt.messages
-        return [{**m, "content": message_text(m)} if isinstance(m.get("content"), list) else m
-                for m in prompt.messages]
+        """Each message in the content form the template was probed to show exactly, as in training."""
+        from vlmtrain.render.messages import drop_nulls, in_forms
+
+        return in_forms([drop_nulls(m) for m in prompt.messages], self._chat.content_forms)

@@ -102,6 +102,17 @@ DEEPSEEK_TOK = TokenizerSpec(  # DeepSeek-R1 distills: DeepSeek's markers on the
              "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>", "<｜tool▁sep｜>"),
     plain=("<think>", "</think>"),
 )
+GEMMA4_TOK = TokenizerSpec(
+    "metaspace", bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", add_bos=True,
+    special=("<mask>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>", "<|tool>", "<tool|>",
+             "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>', "<|video|>"),
+    named={"boi_token": "<|image>", "eoi_token": "<image|>", "image_token": "<|image|>",
+           "boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>"},
+)
+_GEMMA4_TEXT = _text(
+    head_dim=16, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+    vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8,
+)
 _QWEN_VL_IDS = dict(
     image_token_id=Tok("<|image_pad|>"),
     video_token_id=Tok("<|video_pad|>"),
@@ -546,6 +557,34 @@ _TABLE = (
         traits=TemplateTraits(system="str"),
     ),
     FamilySpec(
+        "gemma4", ("shared", "gemma4"),  # google/gemma-4-E2B-it's template (trl gemma4_v5.jinja)
+        GEMMA4_TOK, "Gemma4Config",
+        dict(
+            text_config=_GEMMA4_TEXT,
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               num_key_value_heads=2, head_dim=16, patch_size=8, pooling_kernel_size=2,
+                               position_embedding_size=256),
+            audio_config=None,
+            boi_token_id=Tok("<|image>"),
+            eoi_token_id=Tok("<image|>"),
+            image_token_id=Tok("<|image|>"),
+            video_token_id=Tok("<|video|>"),
+            boa_token_id=Tok("<|audio>"),
+            eoa_token_index=Tok("<audio|>"),
+            audio_token_id=Tok("<|audio|>"),
+        ),
+        ProcessorSpec(
+            "Gemma4Processor",
+            ("Gemma4ImageProcessor", {"patch_size": 8, "pooling_kernel_size": 2, "max_soft_tokens": 70}),
+            ("Gemma4VideoProcessor", {"patch_size": 8, "pooling_kernel_size": 2}),
+            kwargs={"image_seq_length": 70},
+            parts={"feature_extractor": ("Gemma4AudioFeatureExtractor", {})},
+        ),
+        # trl's gemma4 response schema stops on <turn|>, <|tool_response>, <eos> (generation_config not seen)
+        generation_stops=("<eos>", "<turn|>", "<|tool_response>"),
+        traits=TemplateTraits(history_rewrites=True, reasoning=True),
+    ),
+    FamilySpec(
         "qwen3_5", ("shared", "qwen3_5"),  # Qwen3.5-4B+ (think variant; trl qwen3_5_think.jinja)
         QWEN_VL_TOK, "Qwen3_5Config",
         dict(
@@ -635,6 +674,12 @@ _TABLE = (
         ),
         "SmolLM3Config", _text(),
         generation_stops=("<|im_end|>",),  # [128012]
+    ),
+    FamilySpec(
+        "gemma4_text", ("shared", "llama.cpp/google-gemma-4-31B-it.jinja"),  # an earlier revision than ../gemma4
+        GEMMA4_TOK, "Gemma4TextConfig", _GEMMA4_TEXT,
+        generation_stops=("<eos>", "<turn|>", "<|tool_response>"),
+        traits=TemplateTraits(history_rewrites=True, reasoning=True),
     ),
     FamilySpec(
         "qwen3_5_text", ("shared", "llama.cpp/Qwen3.5-4B.jinja"),  # = ../qwen3_5's template, byte for byte
