@@ -206,3 +206,38 @@ def test_processors_that_resample_by_default_keep_every_frame_vlmtrain_sampled(t
     batch = CompletionOnlyCollator(renderer.chat, renderer.media_ids)([{**row.to_record(), "where": "row"}])
     temporal_patch = renderer.chat.processing_class.video_processor.temporal_patch_size
     assert int(batch["video_grid_thw"][0][0]) == 8 // temporal_patch
+
+
+def test_a_video_given_as_frame_images_trains_like_a_file(qwen, clips, tmp_path):
+    """`videos: [[f0.png, f1.png, ...]]` (LLaMA-Factory / LLaVA-Video): the frames are one video item, every frame
+    used (they are taken to be sampled at data.video.fps), expanded as the processor expands them, never trained."""
+    from PIL import Image
+
+    frames_dir = clips / "frames"
+    frames_dir.mkdir(exist_ok=True)
+    names = []
+    for i in range(6):
+        Image.new("RGB", (WIDTH, HEIGHT), (40 * i, 40 * i, 40 * i)).save(frames_dir / f"{i}.png")
+        names.append(f"frames/{i}.png")
+    row = {**video_row("unused"), "videos": [names]}
+    data = write_rows(clips / "frames.jsonl", [row])
+    cfg = load_config(None, [*overrides(qwen, data, tmp_path)[:3], "data.video.num_frames=null"])
+    renderer, masked = render(cfg, data)
+    (item,) = masked.media
+    assert item.modality == "video" and item.frames == 6 and (item.width, item.height) == (WIDTH, HEIGHT)
+    assert item.fps == 2.0
+    processor = renderer.chat.processing_class
+    video_id = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    batch = CompletionOnlyCollator(renderer.chat, renderer.media_ids)([{**masked.to_record(), "where": "row"}])
+    assert int(batch["video_grid_thw"][0][0]) == 6 // processor.video_processor.temporal_patch_size
+    is_video = masked.input_ids == video_id
+    assert is_video.any() and not masked.loss_mask[is_video].any()
+    # the decoded frames are the listed images, in order
+    from vlmtrain.media.kinds import kind_of
+
+    loaded = kind_of("video").load(item, "row")
+    assert [int(f.mean()) for f in loaded.frames] == [40 * i for i in range(6)]
+    # a missing frame is a one-line error naming the row
+    (frames_dir / "3.png").unlink()
+    with pytest.raises(DataError, match=r"frames.jsonl:1: image file not found: .*3.png"):
+        render(cfg, data)

@@ -20,6 +20,7 @@ from vlmtrain.data.sources import RawRow
 from vlmtrain.errors import DataError, Reason
 from vlmtrain.formats import canonical_columns, format_for
 from vlmtrain.media import PART_TYPES, MediaItem
+from vlmtrain.media.frames import write_manifest
 
 __all__ = ["DataError", "Example", "ExampleContext", "example_from_raw"]
 
@@ -179,6 +180,10 @@ def _resolve_slots(slots: list[tuple[str, Any]], row: dict[str, Any], columns: d
                                 f"'{column}' (it lists {listed.get(modality, 0)}); add the file to '{column}' or "
                                 "remove the part", Reason.MEDIA_COUNT_MISMATCH)
             ref = remaining[modality].pop(0)
+        if modality == "video" and isinstance(ref, list):  # a video given as its frame images
+            paths = [_media_ref(frame, where, ctx) for frame in ref]
+            items.append(MediaItem(modality, write_manifest(paths, ctx.media_dir)))
+            continue
         items.append(MediaItem(modality, _media_ref(ref, where, ctx)))
     for modality, left in remaining.items():
         if left:

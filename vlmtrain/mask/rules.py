@@ -47,7 +47,7 @@ def loss_mask(row: MaskedRow, rules: MaskRules) -> np.ndarray:
         return not_media.copy()
 
     roles = np.array([*row.roles, ""], dtype=object)
-    token_role = roles[row.message_index]
+    token_role = row.token_roles()
     trained_roles = rules.trained_roles()
     is_stop = row.ends_turn != NO_MESSAGE
 

@@ -14,7 +14,8 @@ from typing import Any
 class MediaItem:
     """``modality`` names a registered kind (``image``, ``video``); ``path`` is an absolute local path.
 
-    ``width``/``height`` (upright pixels) and ``frames`` are 0 until the item is probed.
+    ``width``/``height`` (upright pixels) and ``frames`` are 0 until the item is probed; ``fps`` is the frame
+    rate of a video given as a list of frame images (a file's rate comes from its container: 0 here).
     """
 
     modality: str
@@ -22,22 +23,24 @@ class MediaItem:
     width: int = 0
     height: int = 0
     frames: int = 0
+    fps: float = 0.0
 
     @property
     def probed(self) -> bool:
         return self.width > 0 and self.height > 0
 
-    def with_probe(self, width: int, height: int, frames: int = 0) -> MediaItem:
-        return replace(self, width=int(width), height=int(height), frames=int(frames))
+    def with_probe(self, width: int, height: int, frames: int = 0, fps: float = 0.0) -> MediaItem:
+        return replace(self, width=int(width), height=int(height), frames=int(frames), fps=float(fps))
 
     def to_record(self) -> dict[str, Any]:
         return {"modality": self.modality, "path": self.path, "width": self.width, "height": self.height,
-                "frames": self.frames}
+                "frames": self.frames, "fps": self.fps}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MediaItem:
         return cls(modality=str(record["modality"]), path=str(record["path"]), width=int(record.get("width") or 0),
-                   height=int(record.get("height") or 0), frames=int(record.get("frames") or 0))
+                   height=int(record.get("height") or 0), frames=int(record.get("frames") or 0),
+                   fps=float(record.get("fps") or 0.0))
 
 
 def arrow_feature() -> Any:
@@ -46,4 +49,4 @@ def arrow_feature() -> Any:
 
     return datasets.List({"modality": datasets.Value("string"), "path": datasets.Value("string"),
                           "width": datasets.Value("int32"), "height": datasets.Value("int32"),
-                          "frames": datasets.Value("int32")})
+                          "frames": datasets.Value("int32"), "fps": datasets.Value("float32")})

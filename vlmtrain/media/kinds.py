@@ -10,8 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from vlmtrain.errors import DataError, Reason
-from vlmtrain.media import image, video
+from vlmtrain.media import frames, image, video
 from vlmtrain.media.item import MediaItem
 
 
@@ -82,13 +84,25 @@ class VideoKind:
         return getattr(processing_class, "video_processor", None) is not None
 
     def probe(self, item: MediaItem, where: str, limits: MediaLimits) -> MediaItem:
-        width, height, frames = video.probe_video(item.path, where, limits.video, limits.max_image_pixels)
-        return item.with_probe(width, height, frames)
+        if frames.is_frame_list(item.path):
+            width, height, count = frames.probe_frames(item.path, where, limits.video, limits.max_image_pixels)
+            return item.with_probe(width, height, count, frames.clip_fps(limits.video))
+        width, height, count = video.probe_video(item.path, where, limits.video, limits.max_image_pixels)
+        return item.with_probe(width, height, count)
+
+    def _frame_list_clip(self, item: MediaItem, pixels: np.ndarray) -> video.VideoClip:
+        return video.VideoClip(pixels, frames.metadata(item.frames, item.width, item.height, item.fps))
 
     def stand_in(self, item: MediaItem) -> Any:
+        if frames.is_frame_list(item.path):
+            blank = np.zeros((item.frames, item.height, item.width, 3), dtype=np.uint8)
+            return self._frame_list_clip(item, blank)
         return video.blank_clip(item.path, item.frames, item.width, item.height, item.path)
 
     def load(self, item: MediaItem, where: str) -> Any:
+        if frames.is_frame_list(item.path):
+            return self._frame_list_clip(item, frames.load_frames(item.path, item.frames, item.width, item.height,
+                                                                  where))
         return video.load_clip(item.path, item.frames, item.width, item.height, where)
 
     def batch_inputs(self, clips: list[list[Any]]) -> dict[str, list[list[Any]]]:
