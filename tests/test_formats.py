@@ -260,9 +260,10 @@ def user_row(text: str, images: list[str] | None = None, **extra: Any) -> dict:
     (user_row("<image> one?", ["images/0.png", "images/1.png"]),
      r"1 image placeholder\(s\) '<image>' in the text but 'images' lists 2.*add placeholders"),
     (user_row("No placeholder", ["images/0.png"]), r"0 image placeholder\(s\)"),
-    (user_row("<image> clip?", ["images/0.png"], videos=["clip.mp4"]),
-     r"video \(column 'videos'\) but video is not supported yet"),
-    (user_row("<image><video> both?", ["images/0.png"]), r"video \(placeholder '<video>'\) but video is not supported"),
+    (user_row("<image> clip?", ["images/0.png"], videos=["clip.mp4"]),  # a video nothing in the text consumes
+     r"0 video placeholder\(s\) '<video>' in the text but 'videos' lists 1 video\(s\).*add placeholders"),
+    (user_row("<image><video> both?", ["images/0.png"]),  # a placeholder with no video behind it
+     r"1 video placeholder\(s\) '<video>' in the text but 'videos' lists 0 video\(s\).*add the missing files"),
     (user_row("<image> hear?", ["images/0.png"], audios=["a.wav"]),
      r"column 'audios' holds 1 audio entr\(ies\) that format 'sharegpt' does not read; remove the column"),
     (user_row("<image> which?", ["images/0.png"], image="images/1.png"),
@@ -283,7 +284,7 @@ def test_rows_that_do_not_fit_are_one_line_errors(renderer, qwen, images, tmp_pa
 
 def test_hf_sources_refuse_unused_media_and_name_the_fix(renderer, qwen, images, tmp_path):
     hf = LF_HF[0]
-    cases = [({**hf, "videos": ["a.mp4"]}, "video is not supported yet"),
+    cases = [({**hf, "videos": ["a.mp4"]}, "'videos' lists 1 video(s) but the messages have 0 video part(s)"),
              ({**hf, "image": "images/2.png"}, "column 'image' holds 1 image entr(ies) that format 'messages'"),
              (user_row("<image>", ["images/0.png"]), "set format: sharegpt for this source")]
     for row, message in cases:

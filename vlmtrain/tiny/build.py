@@ -60,29 +60,42 @@ def build_tiny(
     with FileLock(str(out_dir / ".tiny_build.lock")):
         if _is_complete(out_dir, family, with_model, seed):
             return out_dir
-        (out_dir / MARKER).unlink(missing_ok=True)
         # torch/transformers load here, not at package import: cached builds and the dataset stay cheap.
-        from .model import build_config, build_model
-        from .processor import build_processor
-        from .tokenizer import build_tokenizer, check_single_ids
+        from .tokenizer import build_tokenizer
 
         template = template_source(family, templates_root)
         tokenizer = build_tokenizer(spec.tokenizer, template, shared_special_tokens(family, templates_root))
-        if spec.processor is not None:
-            build_processor(spec.processor, tokenizer, template).save_pretrained(out_dir)
-        else:
-            tokenizer.save_pretrained(out_dir)
-        config = build_config(spec, tokenizer)
-        check_single_ids(tokenizer, list(spec.stops))
-        generation = generation_config(tokenizer, spec.stops)
-        if with_model:
-            model = build_model(spec, config, seed)
-            model.generation_config = generation
-            model.save_pretrained(out_dir)
-        else:
-            config.save_pretrained(out_dir)
-            generation.save_pretrained(out_dir)
-        meta = {"family": family, "model_type": spec.model_type, "with_model": with_model, "seed": seed,
-                "version": BUILD_VERSION}
-        (out_dir / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        write_build(family, tokenizer, out_dir, with_model=with_model, seed=seed)
+    return out_dir
+
+
+def write_build(family: str, tokenizer: Any, out_dir: str | Path, *, with_model: bool = False, seed: int = 0
+                ) -> Path:
+    """Save the family's processor around ``tokenizer`` (which carries the template), config.json sized to it,
+    generation_config.json and (if with_model) random weights: a tiny model on any vocabulary, a real one
+    included (its embeddings then have the real vocabulary's rows, at the tiny hidden size)."""
+    from .model import build_config, build_model
+    from .processor import build_processor
+    from .tokenizer import check_single_ids
+
+    spec, out_dir = spec_for(family), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).unlink(missing_ok=True)
+    if spec.processor is not None:
+        build_processor(spec.processor, tokenizer, tokenizer.chat_template).save_pretrained(out_dir)
+    else:
+        tokenizer.save_pretrained(out_dir)
+    config = build_config(spec, tokenizer)
+    check_single_ids(tokenizer, list(spec.stops))
+    generation = generation_config(tokenizer, spec.stops)
+    if with_model:
+        model = build_model(spec, config, seed)
+        model.generation_config = generation
+        model.save_pretrained(out_dir)
+    else:
+        config.save_pretrained(out_dir)
+        generation.save_pretrained(out_dir)
+    meta = {"family": family, "model_type": spec.model_type, "with_model": with_model, "seed": seed,
+            "version": BUILD_VERSION}
+    (out_dir / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

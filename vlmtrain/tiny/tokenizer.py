@@ -89,6 +89,16 @@ def build_tokenizer(
     """Trained backend + the family's special tokens as single-id added tokens + the real chat template."""
     unk = spec.unk or "<unk>"
     backend = _train_byte_level() if spec.style == "byte_level" else _train_metaspace(unk)
+    return dress_tokenizer(backend, spec, chat_template, more_special)
+
+
+def dress_tokenizer(
+    backend: Tokenizer, spec: TokenizerSpec, chat_template: str, more_special: list[str] | tuple[str, ...] = ()
+) -> PreTrainedTokenizerFast:
+    """A backend (trained here, or a real vocabulary) with the family's special tokens, bos rule and template.
+
+    Tokens the backend already has keep their ids (a real vocabulary's ``<|im_end|>`` stays 151645); the others
+    are appended."""
     core = [t for t in (spec.bos, spec.eos, spec.pad, spec.unk) if t]
     special = list(dict.fromkeys([*core, *spec.special, *spec.named.values(), *more_special]))
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
