@@ -538,7 +538,7 @@ def test_every_verified_family_has_a_tiny_spec_and_runs_conformance() -> None:
     missing = [name for name in VERIFIED if name not in TINY_SPECS]
     assert not missing, f"verified families without a tiny spec in vlmtrain/tiny/specs.py: {missing}"
     for name in VERIFIED:
-        shapes = {s for f, s in RENDERABLE if f == name} | set(traits(name).unsupported)
+        shapes = {s for f, s in RENDERABLE + REFUSED if f == name} | set(traits(name).unsupported)
         assert {"single", "system_multi", "unicode", "emptyish"} <= shapes, (name, shapes)
     for name, spec in TINY_SPECS.items():
         unknown = (set(spec.traits.refuses) | set(spec.traits.unsupported)) - set(SHAPES)
@@ -608,17 +608,7 @@ MODES = [("sampled", ("assistant",)), ("roles", ("assistant",)), ("roles", ("use
 
 
 # vlmtrain bugs these cases expose; strict, so the fix turns them into failures to remove from here.
-KNOWN_BUGS = {
-    ("glm4v", "emptyish"): "render/template.py writes the appended stop at len(full.rstrip()), inside the "
-                           "generation prompt '<|assistant|>\\n' when the final answer is empty, so it is not sampled; "
-                           "fix: at = max(len(full.rstrip()), sample_from[last])",
-    **{(f, "emptyish"): "render/template.py starts a turn's sampled tokens at the first token after the "
-                        "character common prefix of prompt and text; an empty answer's stop ('<｜end▁of▁sentence｜>', "
-                        "'<turn|>') shares '<' with what the prompt opens ('<think>', '<|channel>'), so it is not "
-                        "trained although the engine never feeds it; fix: when the prompt is not a prefix, start at "
-                        "the token holding the divergence"
-       for f in ("deepseek_r1_distill_qwen", "deepseek_r1_distill_llama", "gemma4_text")},
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}  # (family, shape) -> what vlmtrain gets wrong there, as a strict xfail
 
 
 @pytest.mark.parametrize(("family", "shape"), RENDERABLE)

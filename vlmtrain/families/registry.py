@@ -126,6 +126,15 @@ FAMILIES: tuple[Family, ...] = (
         **_LLAVA_STYLE,
     ),
     Family(
+        name="lfm2_5_vl",
+        model_types=(),  # model type lfm2_vl: selected by model.family: lfm2_5_vl (LFM2.5-VL's own template)
+        stop_tokens=("<|im_end|>",),
+        media_tokens=("<image>", "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"),
+        media_token_patterns=(r"<\|img_row_\d+_col_\d+\|>",),
+        image_placeholder="<image>",
+        **_LLAVA_STYLE,
+    ),
+    Family(
         name="glm4v",
         model_types=("glm4v", "glm4v_moe"),
         stop_tokens=("<|user|>", "<|observation|>", "<|endoftext|>"),
@@ -155,6 +164,16 @@ FAMILIES: tuple[Family, ...] = (
         media_tokens=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
         image_placeholder="[IMG]",
         quirks=("Mistral Small 3.2's template: strftime_now, a default system prompt, 9-character tool-call ids",),
+        **_LLAVA_STYLE,
+    ),
+    Family(
+        name="ministral3",
+        model_types=(),  # model type mistral3: selected by model.family: ministral3
+        stop_tokens=("</s>",),
+        media_tokens=("[IMG]", "[IMG_BREAK]", "[IMG_END]"),
+        image_placeholder="[IMG]",
+        quirks=("Ministral 3 Reasoning's template: [THINK] blocks from 'thinking' content parts (not "
+                "conformance-tested); it refuses an empty answer given as a string",),
         **_LLAVA_STYLE,
     ),
     Family(

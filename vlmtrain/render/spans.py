@@ -24,7 +24,9 @@ from typing import Any
 from vlmtrain.render.chat import TEMPLATE_ERRORS, ChatRenderer
 from vlmtrain.render.messages import in_forms
 
-Spans = tuple[list[int], int, dict[int, int]]  # message starts, merged spans, assistant sample_from
+# message starts, merged spans, where each assistant turn's sampled text begins, and the assistant turns whose
+# generation prompt is not a prefix of the text (sampling starts inside the token holding the divergence)
+Spans = tuple[list[int], int, dict[int, int], frozenset[int]]
 Reference = Callable[[Sequence[dict], str, Any], Spans]
 
 _OPEN, _CLOSE = "\ue000", "\ue001"
@@ -131,7 +133,7 @@ class LinearSpans:
                     start = self.reference([*ctx, message], after, None)[0][-1]
                 except (*TEMPLATE_ERRORS, ValueError):
                     start = len(after)
-                found = after[start:after.index(sentinel)] or None
+                found = after[start:after.index(sentinel)]
             self._openings[key] = found
         return self._openings[key]
 
@@ -142,7 +144,7 @@ class LinearSpans:
             plain, fed = self._render(ctx) if ctx else "", self._render(ctx, add_generation_prompt=True)
             found = None
             if plain is not None and fed is not None:
-                found = fed[_common_prefix_len(plain, fed):] or None
+                found = fed[_common_prefix_len(plain, fed):]
             self._prompts[prev] = found
         return self._prompts[prev]
 
@@ -172,6 +174,7 @@ class LinearSpans:
         head_count = roles.index("user") + 1 if "user" in roles else 1
         starts, merged = _message_starts(self.renderer, messages[:head_count], full, tools)
         sample_from: dict[int, int] = {}
+        diverged: set[int] = set()
         cursor = starts[0]
         for k, role in enumerate(roles):
             prev = roles[k - 1] if k else ""
@@ -193,10 +196,12 @@ class LinearSpans:
                     return None
                 fed = _common_prefix_len(prompt, full[starts[k]:starts[k] + len(prompt)]) if prompt else 0
                 sample_from[k] = starts[k] + fed
+                if prompt and 0 < fed < len(prompt):
+                    diverged.add(k)
             cursor = anchors[k][1] if k in anchors else starts[k] + (1 if k else 0)
             if k in anchors and anchors[k][0] < starts[k]:
                 return None
-        return starts, merged, sample_from
+        return starts, merged, sample_from, frozenset(diverged)
 
     # --- shape checks -------------------------------------------------------------------------------------
     @staticmethod

@@ -111,16 +111,21 @@ def _is_blank(renderer: ChatRenderer, token_id: int) -> bool:
 
 
 def reference_spans(renderer: ChatRenderer, messages: Sequence[dict], full: str, tools: Any
-                    ) -> tuple[list[int], int, dict[int, int]]:
-    """The prefix strategy: message starts, merged spans, and where each assistant turn's sampled text begins
-    (the end of the prompt the inference engine would feed). O(turns) renders; the reference."""
+                    ) -> tuple[list[int], int, dict[int, int], frozenset[int]]:
+    """The prefix strategy: message starts, merged spans, where each assistant turn's sampled text begins (the
+    end of the prompt the inference engine would feed), and the turns whose prompt is not a prefix of the text.
+    O(turns) renders; the reference."""
     starts, merged = _message_starts(renderer, messages, full, tools)
     sample_from: dict[int, int] = {}
+    diverged: set[int] = set()
     for k, m in enumerate(messages):
         if m.get("role") == "assistant":
             prompt = renderer.render(messages[:k], add_generation_prompt=True, tools=tools)
-            sample_from[k] = max(_common_prefix_len(prompt, full), starts[k])
-    return starts, merged, sample_from
+            fed = _common_prefix_len(prompt, full)
+            sample_from[k] = max(fed, starts[k])
+            if starts[k] < fed < len(prompt):
+                diverged.add(k)
+    return starts, merged, sample_from, frozenset(diverged)
 
 
 def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messages: Sequence[dict],
@@ -134,13 +139,15 @@ def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messag
     full = renderer.render(messages, tools=tools)
     spans = linear.spans(messages, full, tools) if linear is not None else None
     fallback = linear is not None and spans is None
-    starts, merged, sample_from = spans if spans is not None else reference_spans(renderer, messages, full, tools)
+    starts, merged, sample_from, diverged = (spans if spans is not None
+                                             else reference_spans(renderer, messages, full, tools))
 
     appended = False
     last = len(messages) - 1
     if family.family.appends_final_stop and last >= 0 and roles[last] == "assistant":
-        # The template ends the final turn with no stop token: write one right after the answer.
-        at = len(full.rstrip())
+        # The template ends the final turn with no stop token: write one right after the answer (never inside
+        # the generation prompt, which an empty answer leaves last: GLM's "<|assistant|>\n").
+        at = max(len(full.rstrip()), sample_from.get(last, 0))
         full = full[:at] + family.final_stop + full[at:]
         appended = True
 
@@ -172,6 +179,10 @@ def attribute_by_template(renderer: ChatRenderer, family: ResolvedFamily, messag
                 ends_turn[stops[0]] = k
             continue
         first = int(np.searchsorted(tok_starts, sample_from[k], side="left"))
+        if k in diverged and first > 0 and (first == n or tok_starts[first] > sample_from[k]):
+            # The prompt the engine feeds stops inside this token (Qwen3.5 feeds "<think>", the text has
+            # "<tool_call>"): the engine never fed the token, so the model samples it.
+            first -= 1
         window = positions[first:span[-1] + 1]
         if family.family.stop_placement == "next_turn":
             following = positions[bounds[k + 1]:bounds[k + 2]]

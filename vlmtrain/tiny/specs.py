@@ -494,6 +494,29 @@ _TABLE = (
         architecture="mistral3",
     ),
     FamilySpec(
+        "ministral3", ("shared", "llama.cpp/mistralai-Ministral-3-14B-Reasoning-2512.jinja"),
+        TokenizerSpec(  # Tekken: byte-level BPE
+            "byte_level", bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True,
+            special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
+                     "[IMG_END]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]",
+                     "[/TOOL_RESULTS]", "[ARGS]", "[THINK]", "[/THINK]"),
+        ),
+        "Mistral3Config",
+        dict(
+            text_config=dict(model_type="mistral", **_text()),
+            vision_config=_tower(model_type="pixtral", head_dim=16),
+            image_token_index=Tok("[IMG]"),
+            spatial_merge_size=2,
+            vision_feature_layer=-1,
+        ),
+        ProcessorSpec(
+            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
+            kwargs={"patch_size": 8, "spatial_merge_size": 2},
+        ),
+        traits=TemplateTraits(tools=True, refuses={"alternation": "must alternate"}),
+        architecture="mistral3",
+    ),
+    FamilySpec(
         "qwen2_5_omni", ("shared", "qwen2_5_omni"),  # Qwen2.5-Omni's thinker: text + image (+ video, audio)
         TokenizerSpec(
             "byte_level", eos="<|im_end|>", pad="<|endoftext|>", special=_CHATML,
@@ -688,5 +711,9 @@ _TABLE = (
         traits=TemplateTraits(history_rewrites=True, reasoning=True),
     ),
 )  # fmt: skip
+
+# LFM2.5-VL (LiquidAI/LFM2.5-VL-3B's template, trl lfm2_2_5_vl.jinja): LFM2-VL's architecture and tokens.
+_LFM2_VL = next(spec for spec in _TABLE if spec.name == "lfm2_vl")
+_TABLE += (replace(_LFM2_VL, name="lfm2_5_vl", template=("trl", "lfm2_2_5_vl.jinja"), architecture="lfm2_vl"),)
 
 FAMILIES: dict[str, FamilySpec] = index_specs(_TABLE)
