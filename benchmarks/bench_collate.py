@@ -45,10 +45,12 @@ def raw_breakdown(renderer: Any, collator: Any, exs: list[Any], settings: Any
     seconds of the arithmetic spent in difflib aligning the processor's media expansion."""
     import difflib
 
-    import vlmtrain.data.build as build
-    import vlmtrain.render.attribute as attribute
-    import vlmtrain.render.pipeline as pipeline
-    from vlmtrain.data.build import render_example
+    import vlmtrain.data.rows as rows_module
+    import vlmtrain.mask.pipeline as pipeline
+    import vlmtrain.media.image as image
+    import vlmtrain.render.expand as expand
+    import vlmtrain.render.template as template
+    from vlmtrain.data.rows import render_example
 
     t: dict[str, float] = {}
     align: dict[str, float] = {}
@@ -87,15 +89,16 @@ def raw_breakdown(renderer: Any, collator: Any, exs: list[Any], settings: Any
         return "template: full render" if state["renders"] == 1 else "template: prefix/prompt renders (attribution)"
 
     patches = [
-        (pipeline, "render_row", timed("attribution + mask arithmetic", pipeline.render_row, in_row=True)),
+        (template.TemplateAttributor, "attribute", timed("attribution + mask arithmetic",
+                                                         template.TemplateAttributor.attribute, in_row=True)),
         (pipeline, "loss_mask", timed("attribution + mask arithmetic", pipeline.loss_mask)),
-        (build, "find_issues", timed("attribution + mask arithmetic", build.find_issues)),
-        (build, "probe_image", timed("image probe (full decode) + blank image", build.probe_image)),
-        (build, "blank_image", timed("image probe (full decode) + blank image", build.blank_image)),
+        (rows_module, "find_issues", timed("attribution + mask arithmetic", rows_module.find_issues)),
+        (image, "probe_image", timed("image probe (full decode) + blank image", image.probe_image)),
+        (image, "blank_image", timed("image probe (full decode) + blank image", image.blank_image)),
         (chat, "render", timed(render_key, chat.render, nested=True)),
         (chat, "text_tokens", timed("tokenize with offsets (attribution)", chat.text_tokens, nested=True)),
         (chat, "encode", timed("processor media expansion (attribution)", chat.encode, nested=True)),
-        (attribute, "SequenceMatcher", TimedMatcher),
+        (expand, "SequenceMatcher", TimedMatcher),
     ]
     saved = [(obj, name, obj.__dict__.get(name)) for obj, name, _ in patches]
     for obj, name, fn in patches:
@@ -103,7 +106,7 @@ def raw_breakdown(renderer: Any, collator: Any, exs: list[Any], settings: Any
     try:
         start = time.perf_counter()
         for idx in _batches(len(exs)):
-            rows = [render_example(renderer, exs[i], settings) for i in idx]
+            rows = [render_example(renderer, exs[i], settings).to_record() for i in idx]
             with common.timer(t, "collate (processor + labels)"):
                 collator(rows)
         total = time.perf_counter() - start
@@ -122,8 +125,10 @@ def cache_breakdown(collator: Any, table: Any, full: Any) -> dict[str, float]:
     """Seconds fetching rows, decoding images, in the processor and building labels, over one cache pass of
     ``table`` (the rows as fit hands them to the trainer); plus fetching every column of ``full``."""
     t: dict[str, float] = {}
+    import vlmtrain.collate as collate_module
+
     chat = collator.renderer
-    encode, images = chat.encode, collator._images
+    encode, images = chat.encode, collate_module.loaded
 
     def enc(*a: Any, **k: Any) -> Any:
         with common.timer(t, "processor"):
@@ -133,7 +138,7 @@ def cache_breakdown(collator: Any, table: Any, full: Any) -> dict[str, float]:
         with common.timer(t, "image decode"):
             return images(*a, **k)
 
-    chat.encode, collator._images = enc, img
+    chat.encode, collate_module.loaded = enc, img
     try:
         for idx in _batches(len(table)):
             with common.timer(t, f"row fetch (Arrow -> Python, {len(table.column_names)} columns)"):
@@ -141,7 +146,8 @@ def cache_breakdown(collator: Any, table: Any, full: Any) -> dict[str, float]:
             with common.timer(t, "collate"):
                 collator(feats)
     finally:
-        del chat.encode, collator._images
+        del chat.encode
+        collate_module.loaded = images
     t["labels (stored mask -> labels, id check)"] = t["collate"] - t.get("processor", 0) - t.get("image decode", 0)
     if len(full.column_names) != len(table.column_names):
         for idx in _batches(len(full)):
@@ -160,7 +166,8 @@ def main() -> None:
 
     from vlmtrain.collate import CompletionOnlyCollator
     from vlmtrain.config import load_config
-    from vlmtrain.data.build import BuildSettings, render_example
+    from vlmtrain.data.policies import BuildSettings
+    from vlmtrain.data.rows import render_example
 
     report = Report("collate", "Collate throughput (rows/s), batch 8, tiny Qwen2-VL processor")
     report.settings = {"rows": args.rows, "batch": BATCH, "repeats": args.repeats}
@@ -200,7 +207,7 @@ def main() -> None:
 
     def raw_pass() -> None:
         for idx in batches:
-            ours([render_example(renderer, exs[i], settings) for i in idx])
+            ours([render_example(renderer, exs[i], settings).to_record() for i in idx])
 
     times = interleaved({"cache": cache_pass, "trl": trl_pass}, args.repeats)
     times.update(interleaved({"raw": raw_pass}, 2, warmup=0))
@@ -225,7 +232,7 @@ def main() -> None:
     share = raw["attribution + mask arithmetic"] / total
     mask_fig = report.add(Figure("mask share of raw render+mask+collate", 100 * share, "%", target="<= 5%",
                                  met=share <= 0.05,
-                                 note="attribute.py + rules.py + checks, template/tokenizer/processor calls excluded"))
+                                 note="template.py + rules.py + checks, template/tokenizer/processor calls excluded"))
     overhead = share + sum(v for k, v in raw.items() if "(attribution)" in k) / total
     report.note(f"everything attribution needs beyond one render + one processor call (extra template renders, "
                 f"offset tokenization, media expansion, arithmetic): {100 * overhead:.1f}% of the raw path")
@@ -234,11 +241,11 @@ def main() -> None:
 
     def raw_subset() -> None:
         for idx in subset:
-            ours([render_example(renderer, exs[i], settings) for i in idx])
+            ours([render_example(renderer, exs[i], settings).to_record() for i in idx])
 
     _, prof = common.profile(raw_subset)
-    own = common.self_time_in(prof, "render/attribute.py", "mask/rules.py", "mask/checks.py")
-    report.note(f"cProfile, raw path ({len(subset) * BATCH} rows): self time in render/attribute.py + "
+    own = common.self_time_in(prof, "render/template.py", "render/expand.py", "mask/rules.py", "mask/checks.py")
+    report.note(f"cProfile, raw path ({len(subset) * BATCH} rows): self time in render/template.py + expand.py + "
                 f"mask/rules.py + mask/checks.py = {100 * own / prof.total_s:.1f}% (cProfile inflates Python-level "
                 "calls)", *prof.lines())
 

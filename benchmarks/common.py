@@ -147,9 +147,10 @@ def write_dataset(folder: Path, rows: list[dict[str, Any]], name: str = "train.j
 def examples(rows: list[dict[str, Any]], root: Path) -> list[Any]:
     """Raw rows -> vlmtrain ``Example``s (absolute image paths), as the data loader would produce them."""
     from vlmtrain.data.examples import Example
+    from vlmtrain.media import MediaItem
 
-    return [Example(messages=r["messages"], images=[str(root / p) for p in r["images"]], where=f"row {i}")
-            for i, r in enumerate(rows)]
+    return [Example(messages=r["messages"], media=[MediaItem("image", str(root / p)) for p in r["images"]],
+                    where=f"row {i}") for i, r in enumerate(rows)]
 
 
 def fit_config(path: Path, *, model_dir: Path, data: Path, cache_dir: Path, output_dir: Path, steps: int,

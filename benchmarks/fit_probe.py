@@ -83,7 +83,7 @@ def probed(trainer_cls: type) -> type:
 
 
 def run_vlmtrain(config: str, overrides: list[str]) -> None:
-    import vlmtrain.data.datasets as datasets_module
+    import vlmtrain.data.split as datasets_module
     import vlmtrain.train.fit as fit_module
     from vlmtrain.cli import app
 

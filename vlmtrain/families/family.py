@@ -42,7 +42,6 @@ class Family:
     media_tokens: tuple[str, ...] = ()
     media_token_patterns: tuple[str, ...] = ()
     image_placeholder: str | None = None
-    extra_inputs: tuple[str, ...] = ()
     vision_tower: tuple[str, ...] = ()
     projector: tuple[str, ...] = ()
     language_model: tuple[str, ...] = ()
