@@ -154,8 +154,9 @@ def test_max_steps_and_unsupported_settings_are_one_line_errors(qwen_model, tmp_
     base = [f"training.output_dir={tmp_path / 'out'}"]
     with pytest.raises(ConfigError, match=r"data.streaming: true needs training.max_steps"):
         fit(stream_cfg(qwen_model, data, tmp_path, *base))
-    with pytest.raises(ConfigError, match="data.packing with data.streaming is not supported yet"):
-        fit(stream_cfg(qwen_model, data, tmp_path, *base, "training.max_steps=2", "data.packing=true"))
+    with pytest.raises(ConfigError, match=r"data.pack_buffer=0: packing a stream needs a window"):
+        fit(stream_cfg(qwen_model, data, tmp_path, *base, "training.max_steps=2", "data.packing=true",
+                       "data.pack_buffer=0"))
     with pytest.raises(DataError, match=r"data.train\[0\].path .*matches no files"):
         fit(stream_cfg(qwen_model, tmp_path / "nowhere", tmp_path, *base, "training.max_steps=2"))
 

@@ -154,6 +154,7 @@ class DataConfig:
     packing: bool = False  # pack whole rows into sequences of <= max_length (a batching plan: not in the cache key)
     streaming: bool = False  # train split read from shards on the fly (vlmtrain/data/stream.py); needs max_steps
     shuffle_buffer: int = 1000  # streaming: raw rows per shuffle buffer (0 = storage order, shards unpermuted)
+    pack_buffer: int = 256  # streaming + packing: rendered rows per window packed together (best-fit decreasing)
     on_too_long: str = one_of(ON_TOO_LONG)
     on_bad_row: str = one_of(ON_BAD_ROW)
     cache_dir: str | None = None  # default: $VLMTRAIN_HOME/data (~/.cache/vlmtrain/data), see vlmtrain.paths

@@ -20,6 +20,7 @@ import torch
 
 from vlmtrain.collate import IGNORE, CompletionOnlyCollator
 from vlmtrain.errors import Reason, VlmtrainError
+from vlmtrain.pack.dataset import FILLER
 
 PACK_MARKER = "vlmtrain_packed"
 TOKEN_KEYS = ("input_ids", "labels", "token_type_ids", "mm_token_type_ids")
@@ -66,7 +67,12 @@ class PackingCollator:
 
     def __call__(self, packs: list[list[dict[str, Any]]]) -> dict[str, Any]:
         features = [row for pack in packs for row in pack]
+        fillers = [i for i, row in enumerate(features) if row.get(FILLER)]
+        if fillers:  # a filler pack (PackedDataset): run it, train nothing
+            features = [{k: v for k, v in row.items() if k != FILLER} for row in features]
         padded = self.rows(features)  # one processor call: ids checked, labels built, media in row order
+        if fillers:
+            padded["labels"][fillers] = IGNORE
         unknown = sorted(k for k in padded if k not in (*TOKEN_KEYS, *MEDIA_KEYS, "attention_mask"))
         if unknown:
             raise PackingError(f"packing does not know how to lay out the model input {unknown[0]!r}; set "

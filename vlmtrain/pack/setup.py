@@ -4,6 +4,7 @@ collator and the guards."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,30 +43,57 @@ def require_packable(family: Family | None, attn_implementation: str = "auto") -
 
 @dataclass
 class Packed:
-    train: PackedDataset
+    train: PackedDataset | None  # None for a stream: vlmtrain.pack.stream packs it as it is read
     eval: PackedDataset | None
     collator: PackingCollator
     guard: PackGuard
 
 
-def packed_training(cfg: Any, family: Family | None, model: Any, renderer: Any, train_rows: Any,
+def packed_training(cfg: Any, family: Family | None, model: Any, renderer: Any, train_rows: Any | None,
                     train_dataset: Any, eval_rows: Any | None, eval_dataset: Any | None, seed: int) -> Packed:
-    """Pack-level datasets over the cached rows, the packing collator and the guards on ``model``."""
+    """Pack-level datasets over the cached rows (no train one for a stream), the packing collator and the
+    guards on ``model``."""
     attn = str(getattr(getattr(_base(model), "config", None), "_attn_implementation", "") or "")
     mode = require_packable(family, attn)  # again with the implementation the model was loaded with
     max_length = int(cfg.data.max_length)
-    train = PackedDataset(train_dataset, train_rows["length"], max_length, seed=seed)
-    log.info("train %s", train.stats.line())
+    train = None
+    if train_rows is not None:
+        ranks, batch = _dealing(cfg, "train")
+        train = PackedDataset(train_dataset, train_rows["length"], max_length, seed=seed, multiple=ranks * batch)
+        log.info("train %s%s", train.stats.line(), train.filler_line(ranks, batch))
     evaluation = None
     if eval_dataset is not None and eval_rows is not None:
-        evaluation = PackedDataset(eval_dataset, eval_rows["length"], max_length, seed=seed)
-        log.info("eval %s", evaluation.stats.line())
+        ranks, batch = _dealing(cfg, "eval")
+        evaluation = PackedDataset(eval_dataset, eval_rows["length"], max_length, seed=seed,
+                                   multiple=ranks * batch)
+        log.info("eval %s%s", evaluation.stats.line(), evaluation.filler_line(ranks, batch))
+    collator, guard = packing_collator(model, renderer, mode, attn)
+    return Packed(train, evaluation, collator, guard)
+
+
+def packing_collator(model: Any, renderer: Any, mode: str, attn: str) -> tuple[PackingCollator, PackGuard]:
+    """The packing collator over the row collator, and the guards installed on ``model`` (cached or streamed)."""
     tokenizer = renderer.chat.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     collator = PackingCollator(CompletionOnlyCollator(renderer.chat, renderer.media_ids), mode, pad,
                                rope_index=find_rope_index(model) if mode == "mrope" else None,
                                flat="flash" in attn)
-    return Packed(train, evaluation, collator, install(model, mode))
+    return collator, install(model, mode)
+
+
+def _dealing(cfg: Any, split: str) -> tuple[int, int]:
+    """(ranks, packs per rank per micro-batch) that accelerate deals ``split``'s packs out in; one process deals
+    no repeats, so it needs no filler packs (``PackedDataset``)."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if ranks <= 1:
+        return 1, 1
+    key = f"per_device_{split}_batch_size"
+    batch = cfg.training.get(key)
+    if batch is None:
+        from trl import SFTConfig
+
+        batch = SFTConfig.__dataclass_fields__[key].default
+    return ranks, int(batch)
 
 
 def _base(model: Any) -> Any:

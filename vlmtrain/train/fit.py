@@ -86,6 +86,7 @@ def fit(cfg: Any) -> FitResult:
         callbacks=[CheckpointMarker(), preemption := PreemptionCallback()],
     )
     if packing:  # TRL's constructor takes only row datasets; the Trainer itself iterates any sized dataset
+        # (a stream's train packs are None here: stream.attach puts the packed stream in below)
         trainer.train_dataset, trainer.eval_dataset = packed.train, packed.eval
     if stream is not None:  # its collator wrapper, loader and state callback (vlmtrain/train/streaming.py)
         stream.attach(trainer)

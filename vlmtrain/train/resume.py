@@ -4,7 +4,10 @@ is complete, refusing to train over old checkpoints silently, and loading full-m
 Complete means: the Trainer's files are all there (``trainer_state.json``, model or adapter weights, optimizer
 and scheduler) *and* vlmtrain's marker ``vlmtrain_checkpoint.json``, written by ``CheckpointMarker`` after every
 rank has finished saving, lists every file with its size. The Trainer writes ``checkpoint-N/`` in place, so a
-run killed mid-save leaves a folder without a (matching) marker: ``true``/``last`` skip it and say so.
+run killed mid-save leaves a folder without a (matching) marker: ``true``/``last`` skip it and say so. "The
+Trainer's files" depend on the engine: FSDP's ``pytorch_model_fsdp*``/``optimizer*`` (files, or DCP folders with
+their ``.metadata``), DeepSpeed's ``global_stepN/`` named by ``latest`` with one optimizer-state file per rank, and
+one ``rng_state_<rank>.pth`` per rank; an explicit path without a marker is checked by those alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ VLMTRAIN_KEYS = ("resume_from_checkpoint", "overwrite_output_dir")  # popped bef
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
             "adapter_model.bin", "pytorch_model.bin.index.json")
+_FSDP_MODEL = "pytorch_model_fsdp"
 
 
 class ResumeError(VlmtrainError):
@@ -67,12 +71,9 @@ def incomplete_reason(checkpoint: Path, require_marker: bool = True) -> str | No
     except (OSError, ValueError, KeyError, TypeError):
         return "no readable trainer_state.json"
     names = {p.name for p in checkpoint.iterdir()}
-    if not names & set(_WEIGHTS) and not any(n.startswith(("pytorch_model_fsdp", "global_step")) for n in names):
-        return "no model or adapter weights"
-    if not any(n.startswith(("optimizer", "global_step")) for n in names):
-        return "no optimizer state (saved with save_only_model?)"
-    if not any(n.startswith("scheduler") for n in names) and not any(n.startswith("global_step") for n in names):
-        return "no scheduler state"
+    reason = _layout_reason(checkpoint, names)
+    if reason is not None:
+        return reason
     try:
         marker = json.loads((checkpoint / MARKER).read_text())
     except (OSError, ValueError):
@@ -84,6 +85,71 @@ def incomplete_reason(checkpoint: Path, require_marker: bool = True) -> str | No
     for name, size in marker.get("files", {}).items():
         if sizes.get(name) != size:
             return f"{name} is missing or has a different size than when it was saved"
+    return None
+
+
+def _layout_reason(checkpoint: Path, names: set[str]) -> str | None:
+    """What the Trainer's own files lack, by engine: DeepSpeed (``global_stepN/`` named by ``latest``), FSDP
+    (``pytorch_model_fsdp*``/``optimizer*`` files or DCP folders) or a plain ``optimizer.pt`` checkpoint."""
+    if any(n.startswith("global_step") for n in names) or "latest" in names:
+        reason = _deepspeed_reason(checkpoint)
+    elif any(n.startswith(_FSDP_MODEL) for n in names):
+        reason = _fsdp_reason(checkpoint, names)
+    elif not names & set(_WEIGHTS):
+        reason = "no model or adapter weights"
+    elif "optimizer.pt" not in names:
+        reason = "no optimizer state (saved with save_only_model?)"
+    else:
+        reason = None
+    if reason is None and "scheduler.pt" not in names and not (checkpoint / "latest").is_file():
+        reason = "no scheduler state"  # DeepSpeed may keep the scheduler in its own model states instead
+    return reason or _rank_files_reason("rng_state_", names)
+
+
+def _deepspeed_reason(checkpoint: Path) -> str | None:
+    """DeepSpeed writes ``global_stepN/`` (model states and one optimizer-state file per rank), then ``latest``."""
+    try:
+        tag = (checkpoint / "latest").read_text().strip()
+    except OSError:
+        return "no DeepSpeed 'latest' file (interrupted while saving?)"
+    states = checkpoint / tag
+    if not tag or not states.is_dir():
+        return f"DeepSpeed's 'latest' names '{tag}', which is not a folder of the checkpoint"
+    files = {p.name for p in states.iterdir() if p.is_file()}
+    if not any(n.endswith("_model_states.pt") for n in files):
+        return f"no DeepSpeed model states in {tag}/"
+    optim = {n for n in files if n.endswith("_optim_states.pt")}
+    if not optim:
+        return f"no DeepSpeed optimizer states in {tag}/ (saved with save_only_model?)"
+    gap = _rank_files_reason("zero_pp_rank_", optim, where=f"{tag}/")
+    if gap is not None:
+        return gap
+    rng = [n for n in checkpoint.iterdir() if re.match(r"^rng_state_\d+\.pth$", n.name)]
+    if rng and len(rng) != len(optim):  # one of each per rank: fewer optimizer states means a rank never wrote
+        return f"{len(optim)} DeepSpeed optimizer-state file(s) in {tag}/ for {len(rng)} ranks' RNG states"
+    return None
+
+
+def _fsdp_reason(checkpoint: Path, names: set[str]) -> str | None:
+    """FSDP writes ``pytorch_model_fsdp.bin``/``optimizer.bin`` (full state dict, rank 0) or DCP folders
+    ``pytorch_model_fsdp_0/``/``optimizer_0/`` (sharded), whose ``.metadata`` is written after every rank's shard."""
+    for prefix, what in ((_FSDP_MODEL, "model"), ("optimizer", "optimizer")):
+        files = [n for n in names if n.startswith(prefix) and n.endswith(".bin") and (checkpoint / n).is_file()]
+        folders = [n for n in names if n.startswith(prefix) and (checkpoint / n).is_dir()]
+        if not files and not folders:
+            return f"no FSDP {what} state (saved with save_only_model?)"
+        unfinished = [n for n in folders if not (checkpoint / n / ".metadata").is_file()]
+        if unfinished:
+            return f"FSDP {what} shards in {unfinished[0]}/ have no .metadata (interrupted while saving?)"
+    return None
+
+
+def _rank_files_reason(prefix: str, names: set[str], where: str = "") -> str | None:
+    """Per-rank files (``rng_state_<r>.pth``, ``[bf16_]zero_pp_rank_<r>_...``) must cover ranks 0..N-1."""
+    ranks = {int(m.group(1)) for n in names if (m := re.match(rf"^(?:bf16_|fp16_)?{prefix}(\d+)", n))}
+    missing = sorted(set(range(max(ranks, default=-1) + 1)) - ranks)
+    if missing:
+        return f"{where}{prefix}* files of rank(s) {missing} are missing (interrupted while saving?)"
     return None
 
 

@@ -25,6 +25,7 @@ from vlmtrain.collate import COLLATOR_COLUMNS
 from vlmtrain.data.policies import BuildReport
 from vlmtrain.data.stream import ERROR_KEY, STREAM_KEY, StreamDataset, stream_rank
 from vlmtrain.errors import ConfigError, DataError, Reason
+from vlmtrain.pack.stream import PACK_KEY, PackedStream
 from vlmtrain.train.resume import CheckpointMarker, ResumeError
 
 log = logging.getLogger("vlmtrain")
@@ -58,7 +59,9 @@ class StreamCollator:
                                   "dropped": [d for r in rows for d in r.get("_dropped", [])],
                                   "checks": [tuple(r.get("_checks", (0, 0))) for r in rows],
                                   "trained": [int(r.get("num_trained", 0)) for r in rows],
-                                  "tokens": [int(r.get("length", 0)) for r in rows]}
+                                  "tokens": [int(r.get("length", 0)) for r in rows],
+                                  "packs": [tuple(f[0][PACK_KEY]) for f in features
+                                            if isinstance(f, list) and f and PACK_KEY in f[0]]}
         failed = next((r for r in rows if ERROR_KEY in r), None)
         if failed is not None:
             marker["error"], marker["reason"] = failed[ERROR_KEY], failed["_reason"]
@@ -75,7 +78,8 @@ def _columns(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class StreamTracker:
-    """What the trainer has consumed: per worker the ``(epoch, position)`` of its last row, and the row report."""
+    """What the trainer has consumed: per worker the ``(epoch, position)`` of its last row (packed: the
+    ``(epoch, position, packs taken)`` of its current pack window, ``vlmtrain.pack.stream``), and the row report."""
 
     rank: int
     world_size: int
@@ -83,7 +87,10 @@ class StreamTracker:
     shards: list[str]
     seed: int
     shuffle_buffer: int
+    pack_buffer: int = 0  # rows per pack window; 0 = not packed
+    pack_max_length: int = 0
     positions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    windows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     rows: int = 0
     batches: int = 0  # taken by the trainer; modulo the workers, whose batch comes next
     report: BuildReport = field(default_factory=BuildReport)
@@ -95,6 +102,8 @@ class StreamTracker:
             raise DataError(marker["error"], Reason(marker["reason"]))
         for worker, epoch, position in marker["tags"]:
             self.positions[int(worker)] = (int(epoch), int(position))
+        for worker, epoch, position, done in marker.get("packs", []):
+            self.windows[int(worker)] = (int(epoch), int(position), int(done))
         for label, message in marker["dropped"]:
             self.report.drop(label, message)
         self.rows += len(marker["tags"])
@@ -120,10 +129,13 @@ class StreamTracker:
             self._reported = (dropped, now)
 
     def state(self) -> dict[str, Any]:
+        workers = ({str(w): {"epoch": e, "position": p, "packs": k} for w, (e, p, k) in sorted(self.windows.items())}
+                   if self.pack_buffer else
+                   {str(w): {"epoch": e, "position": p} for w, (e, p) in sorted(self.positions.items())})
         return {"rank": self.rank, "world_size": self.world_size, "num_workers": self.num_workers,
-                "seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "shards": self.shards,
-                "rows_consumed": self.rows, "batches_consumed": self.batches,
-                "workers": {str(w): {"epoch": e, "position": p} for w, (e, p) in sorted(self.positions.items())},
+                "seed": self.seed, "shuffle_buffer": self.shuffle_buffer, "pack_buffer": self.pack_buffer,
+                "pack_max_length": self.pack_max_length, "shards": self.shards,
+                "rows_consumed": self.rows, "batches_consumed": self.batches, "workers": workers,
                 "report": self.report.to_dict()}
 
 
@@ -177,16 +189,20 @@ def load_state(checkpoint: str | None, tracker: StreamTracker) -> tuple[dict[int
         raise ResumeError(f"{path}: no readable stream state, so the stream cannot continue where the checkpoint "
                           "left it (was it saved without data.streaming?); resume with the settings it was saved "
                           "with, or start a new run") from err
-    for key in ("world_size", "num_workers", "seed", "shuffle_buffer", "shards"):
-        now, then = getattr(tracker, key), saved.get(key)
+    for key in ("world_size", "num_workers", "seed", "shuffle_buffer", "pack_buffer", "pack_max_length", "shards"):
+        now, then = getattr(tracker, key), saved.get(key, 0 if key.startswith("pack_") else None)
         if now != then:
             shown = (f"{len(then or [])} shard(s), now {len(now)}" if key == "shards" else f"{then}, now {now}")
             raise ResumeError(f"{path}: the stream was saved with {key} {shown}; the position cannot be carried "
                               "over: resume with the same processes, training.dataloader_num_workers, data.seed, "
-                              "data.shuffle_buffer and shard files")
+                              "data.shuffle_buffer, data.packing, data.pack_buffer, data.max_length (packed) and "
+                              "shard files")
     tracker.rows, tracker.batches = int(saved["rows_consumed"]), int(saved["batches_consumed"])
     tracker.report = BuildReport.from_dict(saved.get("report", {}))
     tracker.positions = {int(w): (int(s["epoch"]), int(s["position"])) for w, s in saved["workers"].items()}
+    if tracker.pack_buffer:
+        tracker.windows = {int(w): (int(s["epoch"]), int(s["position"]), int(s["packs"]))
+                           for w, s in saved["workers"].items()}
     log.info("train stream (rank %d): resuming after %d rows (%s)", tracker.rank, tracker.rows,
              ", ".join(f"worker {w}: epoch {e} row {p}" for w, (e, p) in sorted(tracker.positions.items())))
     return dict(tracker.positions), tracker.batches % max(1, tracker.num_workers)
@@ -194,7 +210,7 @@ def load_state(checkpoint: str | None, tracker: StreamTracker) -> tuple[dict[int
 
 @dataclass
 class StreamRun:
-    dataset: StreamDataset
+    dataset: StreamDataset | PackedStream
     tracker: StreamTracker
     callback: StreamStateCallback
 
@@ -238,17 +254,25 @@ def _no_rows() -> Iterator[dict[str, Any]]:
 def open_stream(cfg: Any, renderer: Any, training: dict[str, Any], checkpoint: str | None) -> StreamRun:
     """The train stream of this rank, resumed from ``checkpoint``'s stream state when given."""
     require_max_steps(training)
-    if cfg.data.packing:
-        raise ConfigError("data.packing with data.streaming is not supported yet; set one of them to false")
+    pack_buffer = int(cfg.data.get("pack_buffer", 256)) if cfg.data.packing else 0
+    if cfg.data.packing and pack_buffer < 1:
+        raise ConfigError(f"data.pack_buffer={pack_buffer}: packing a stream needs a window of at least 1 row "
+                          "(a few hundred pack well); set data.pack_buffer=256")
     rank, world = stream_rank()
     workers = int(training.get("dataloader_num_workers", 0) or 0)
-    dataset = StreamDataset(cfg, renderer, list(cfg.data.train), rank=rank, world_size=world)
+    rows = StreamDataset(cfg, renderer, list(cfg.data.train), rank=rank, world_size=world)
     tracker = StreamTracker(rank=rank, world_size=world, num_workers=workers,
-                            shards=[s.path for s in dataset.shards], seed=dataset.seed,
-                            shuffle_buffer=dataset.buffer)
-    dataset.start, dataset.rotation = load_state(checkpoint, tracker)
-    log.info("train stream (rank %d of %d): %d shard(s), %d dataloader worker(s), shuffle buffer %d", rank, world,
-             len(dataset.shards), workers, dataset.buffer)
+                            shards=[s.path for s in rows.shards], seed=rows.seed, shuffle_buffer=rows.buffer,
+                            pack_buffer=pack_buffer, pack_max_length=int(cfg.data.max_length) if pack_buffer else 0)
+    rows.start, rows.rotation = load_state(checkpoint, tracker)
+    dataset: StreamDataset | PackedStream = rows
+    if pack_buffer:  # packs of whole rows from windows of pack_buffer rows (vlmtrain/pack/stream.py)
+        rows.start = {w: (e, p) for w, (e, p, _) in tracker.windows.items()}
+        dataset = PackedStream(rows, pack_buffer, int(cfg.data.max_length),
+                               skip={w: k for w, (_, _, k) in tracker.windows.items()})
+    log.info("train stream (rank %d of %d): %d shard(s), %d dataloader worker(s), shuffle buffer %d%s", rank, world,
+             len(rows.shards), workers, rows.buffer,
+             f", packed {pack_buffer} rows at a time into <= {cfg.data.max_length} tokens" if pack_buffer else "")
     return StreamRun(dataset, tracker, StreamStateCallback(tracker))
 
 
