@@ -224,3 +224,31 @@ def test_torchrun_two_ranks_each_consume_their_own_share(qwen_model, tmp_path):
         state = json.loads((out / "checkpoint-4" / STATE_FILE.format(rank=rank)).read_text())
         assert state["world_size"] == 2 and state["rows_consumed"] == 8
         assert state["workers"] == {"0": {"epoch": 0, "position": 8}}, rank
+
+
+def test_a_pretraining_stream_of_pages_is_tiled_like_the_cached_path(qwen_model, tmp_path):
+    """Multimodal CPT at scale: a sharded pretraining stream with data.image_transform renders each page as its
+    overview + grid tiles (as the cached path does), and the collator's id check passes on the tiled rows."""
+    from test_tiling import GRID, TILE, page
+
+    folder = tmp_path / "pages"
+    size, cols, rows = GRID["landscape"]
+    page(folder / "p.png", size)
+    for s in range(2):
+        (folder / f"shard-{s}.jsonl").write_text(json.dumps({"text": f"<image> page {s} reads fine",
+                                                             "images": ["p.png"]}) + "\n")
+    cfg = stream_cfg(qwen_model, folder, tmp_path, "data.train.0.format=pretrain",
+                     "data.train.0.image_placeholder=<image>", "data.image_transform.type=tiling",
+                     f"data.image_transform.tile_size={TILE}")
+    renderer = make_renderer(cfg)
+    dataset = StreamDataset(cfg, renderer, list(cfg.data.train), rank=0, world_size=1)
+    items = []
+    for item in dataset:
+        assert "_error" not in item, item
+        items.append(item)
+        if len(items) == 2:
+            break
+    assert all(len(item["media"]) == 1 + cols * rows for item in items)
+    assert all((m["width"], m["height"]) == (TILE, TILE) for item in items for m in item["media"])
+    batch = StreamCollator(CompletionOnlyCollator(renderer.chat, renderer.media_ids))(items)
+    assert batch["image_grid_thw"].shape[0] == 2 * (1 + cols * rows) and batch["labels"].ne(-100).any()

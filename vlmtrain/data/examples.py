@@ -9,7 +9,6 @@ file inline. The template always sees a bare ``{"type": "<modality>"}`` part.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from vlmtrain.data.refs import media_entries, resolve_media_path, store_bytes
 from vlmtrain.data.sources import RawRow
 from vlmtrain.errors import DataError, Reason
 from vlmtrain.formats import canonical_columns, format_for
+from vlmtrain.formats.base import cell
 from vlmtrain.media import PART_TYPES, MediaItem
 from vlmtrain.media.frames import write_manifest
 
@@ -69,17 +69,6 @@ def context_for(source: Any, index: int, cfg: Any, media_dir: Path) -> ExampleCo
     required = () if mode == "all" else (tuple(cfg.mask.roles) if mode == "roles" else ("assistant",))
     return ExampleContext(image_dir=image_dir, allow_outside=bool(cfg.data.allow_paths_outside_image_dir),
                           media_dir=media_dir, roles=roles, required_roles=required, source=index)
-
-
-def _parse_json_cell(value: Any, column: str, where: str) -> Any:
-    """Columns stored as JSON text (vlmtrain's own cache, CSV-like exports) are decoded."""
-    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: column '{column}' holds malformed JSON ({err.msg}); fix the row",
-                            Reason.MALFORMED_JSON) from err
-    return value
 
 
 def media_columns(source: Any) -> dict[str, str]:
@@ -166,7 +155,7 @@ def _resolve_slots(slots: list[tuple[str, Any]], row: dict[str, Any], columns: d
                    ctx: ExampleContext) -> list[MediaItem]:
     """Pair media parts with files: inline refs first, bare parts consume their modality's column in order;
     every column entry must be consumed (in both directions, counts must match)."""
-    remaining = {m: media_entries(_parse_json_cell(row.get(c), c, where)) for m, c in columns.items()}
+    remaining = {m: media_entries(cell(row, c, where)) for m, c in columns.items()}
     listed = {m: len(v) for m, v in remaining.items()}
     items: list[MediaItem] = []
     seen: Counter = Counter()
@@ -197,7 +186,7 @@ def _resolve_slots(slots: list[tuple[str, Any]], row: dict[str, Any], columns: d
 def conversation_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
     """A conversations row -> Example (validated messages, resolved images)."""
     row, where = raw.row or {}, raw.where
-    messages = _parse_json_cell(row.get(source.messages_column), source.messages_column, where)
+    messages = cell(row, source.messages_column, where)
     if not isinstance(messages, list) or not messages:
         found = "nothing" if messages is None else f"a {type(messages).__name__}"
         raise DataError(f"{where}: column '{source.messages_column}' should be a non-empty list of messages, "
@@ -209,7 +198,7 @@ def conversation_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Examp
         raise DataError(f"{where}: no {'/'.join(ctx.required_roles)} turn, so nothing would be trained; add "
                         "one, use mask.mode: all, or set data.on_bad_row: skip", Reason.NO_ASSISTANT_TURN)
     media = _resolve_slots(slots, row, media_columns(source), where, ctx)
-    tools = _parse_json_cell(row.get("tools"), "tools", where)
+    tools = cell(row, "tools", where)
     if tools is not None and not isinstance(tools, list):
         raise DataError(f"{where}: 'tools' should be a list of tool schemas", Reason.MALFORMED_ROW)
     return Example(messages=normalised, media=media, tools=tools or None, where=where, source=ctx.source)
@@ -223,7 +212,7 @@ def pretrain_example(raw: RawRow, source: Any, ctx: ExampleContext) -> Example:
         found = "nothing" if text is None else f"a {type(text).__name__}"
         raise DataError(f"{where}: column '{source.text_column}' should be a string, found {found}; fix the "
                         "row or set data.<split>[i].text_column", Reason.NON_STRING_TEXT)
-    column = media_entries(_parse_json_cell(row.get(source.images_column), source.images_column, where))
+    column = media_entries(cell(row, source.images_column, where))
     media = [MediaItem("image", _media_ref(entry, where, ctx)) for entry in column]
     return Example(messages=[], media=media, where=where, format="pretrain", text=text, source=ctx.source)
 
