@@ -1,7 +1,7 @@
 """Every supported model family, one declarative entry each.
 
-To add a family: append one ``Family(...)`` below and a case to ``tests/test_conformance.py``. Entries are
-checked against each family's real chat template by the conformance tests.
+To add a family: append one ``Family(...)`` below and one ``FamilySpec`` named after it to
+``vlmtrain/tiny/specs.py``; ``tests/test_conformance.py`` then checks it against its real chat template.
 """
 
 from __future__ import annotations
