@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlmtrain.errors import DataError
 from vlmtrain.formats.base import cell, check_unused_media, media_list, misfit, video_supported
 from vlmtrain.formats.sharegpt import placeholders
 
 
 def _messages(row: dict[str, Any], source: Any) -> Any:
-    try:
+    try:  # detection only: a malformed cell is reported by the reader that validates the row
         return cell(row, str(source.messages_column), "")
-    except Exception:
+    except DataError:
         return None
 
 
