@@ -241,3 +241,25 @@ def test_a_video_given_as_frame_images_trains_like_a_file(qwen, clips, tmp_path)
     (frames_dir / "3.png").unlink()
     with pytest.raises(DataError, match=r"frames.jsonl:1: image file not found: .*3.png"):
         render(cfg, data)
+
+
+def test_frames_are_sampled_by_the_processors_own_settings_unless_the_run_overrides_them(qwen, clips, tmp_path):
+    """With data.video unset the model's video processor decides (its fps here); data.video.fps overrides it."""
+    data = write_rows(clips / "sampling.jsonl", [video_row("long.mp4")])  # 60 frames at 6 fps = 10 s
+    base = [f"model.name_or_path={qwen}", f"data.train.0.path={data}", f"data.cache_dir={tmp_path / 'cache'}"]
+    renderer, row = render(load_config(None, base), data)
+    assert renderer.chat.processing_class.video_processor.fps is None  # the tiny Qwen2.5-VL declares none
+    assert row.media[0].frames == 20  # Qwen's published 2 fps over 10 s
+
+    from vlmtrain.data.policies import BuildSettings as Settings
+
+    cfg = load_config(None, base)
+    renderer.chat.processing_class.video_processor.fps = 1.0  # a processor that samples 1 frame per second
+    from vlmtrain.data.examples import context_for, example_from_raw
+    from vlmtrain.data.sources import RawRow
+
+    ctx = context_for(cfg.data.train[0], 0, cfg, tmp_path / "cache" / "media")
+    example = example_from_raw(RawRow(f"{data}:1", json.loads(data.read_text())), cfg.data.train[0], ctx)
+    assert render_example(renderer, example, Settings.from_config(cfg.data, cfg.mask)).media[0].frames == 10
+    override = load_config(None, [*base, "data.video.fps=3"])
+    assert render_example(renderer, example, Settings.from_config(override.data, override.mask)).media[0].frames == 30

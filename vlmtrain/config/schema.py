@@ -116,13 +116,14 @@ class DataSource:
 
 @dataclass
 class VideoConfig:
-    """``data.video``: frame sampling (transformers' names; num_frames wins over fps; neither = every frame),
-    the decoded frame size and the length cap (vlmtrain.media.video.VideoSampling)."""
+    """``data.video``: frame sampling (transformers' names; num_frames wins over fps), the decoded frame size and
+    the length cap (vlmtrain.media.video.VideoSampling). A sampling key left null takes the model's video
+    processor's own setting, and Qwen's published one (2 fps, 4-768 frames) where the processor declares none."""
 
-    fps: float | None = 2.0
+    fps: float | None = None
     num_frames: int | None = None
-    min_frames: int = 4
-    max_frames: int | None = 768
+    min_frames: int | None = None
+    max_frames: int | None = None
     max_pixels: int | None = None  # frames above this are downscaled when decoded (aspect kept)
     max_seconds: float | None = None  # a longer video is an error naming the row (or a counted skip)
 

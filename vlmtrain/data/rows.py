@@ -87,7 +87,8 @@ def render_example(renderer: MaskedRenderer, example: Example, settings: BuildSe
     """
     chat = renderer.chat
     check_supported(example.media, chat.processing_class, chat.is_processor, example.where)
-    media = tuple(kind_of(m.modality).probe(m, example.where, settings.limits) for m in example.media)
+    limits = settings.limits.resolved(chat.processing_class)
+    media = tuple(kind_of(m.modality).probe(m, example.where, limits) for m in example.media)
     pretrain = example.format == "pretrain"
     placeholder = settings.placeholders[example.source] if example.source < len(settings.placeholders) else None
     tiled = transform_example(renderer, example, media, settings, placeholder if pretrain else None)

@@ -7,7 +7,7 @@ the cache, the collator and ``inspect-mask`` only ever go through this interface
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +28,10 @@ class MediaLimits:
     def from_config(cls, data_cfg: Any) -> MediaLimits:
         return cls(max_image_pixels=data_cfg.max_image_pixels,
                    video=video.VideoSampling.from_config(data_cfg.get("video")))
+
+    def resolved(self, processing_class: Any) -> MediaLimits:
+        """The caps with the video sampling the run left unset taken from the model's video processor."""
+        return replace(self, video=self.video.resolved(getattr(processing_class, "video_processor", None)))
 
 
 class MediaKind(Protocol):

@@ -16,7 +16,7 @@ at render time and at collate time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,20 @@ import numpy as np
 from vlmtrain.errors import DataError, Reason
 
 BACKEND = "pyav"
+FALLBACK: dict[str, Any] = {"fps": 2.0, "num_frames": None, "min_frames": 4, "max_frames": 768}  # Qwen's published
 
 
 @dataclass(frozen=True)
 class VideoSampling:
     """``data.video``: how many frames are sampled (transformers' names and rule), the size they are decoded at,
     and the length cap. ``num_frames`` wins over ``fps``; neither = every frame; the count is then clamped to
-    ``[min_frames, max_frames]`` and to the frames the file has."""
+    ``[min_frames, max_frames]`` and to the frames the file has. A sampling field left None takes the video
+    processor's own setting (``resolved``), else ``FALLBACK``."""
 
-    fps: float | None = 2.0
+    fps: float | None = None
     num_frames: int | None = None
-    min_frames: int = 4
-    max_frames: int | None = 768
+    min_frames: int | None = None
+    max_frames: int | None = None
     max_pixels: int | None = None  # frames above this many pixels are downscaled at decode (aspect kept)
     max_seconds: float | None = None  # a longer video is an error (or a counted skip)
 
@@ -45,6 +47,15 @@ class VideoSampling:
         if video_cfg is None:
             return cls()
         return cls(**{name: video_cfg.get(name, getattr(cls, name)) for name in cls.__dataclass_fields__})
+
+    def resolved(self, video_processor: Any) -> VideoSampling:
+        """Each sampling field the run left unset, from the model's video processor (Qwen3-VL's fps, GLM-4.1V's
+        num_frames), else from ``FALLBACK``: the frames trained on are the ones the model's own pipeline takes."""
+        values = {}
+        for name, fallback in FALLBACK.items():
+            mine, theirs = getattr(self, name), getattr(video_processor, name, None)
+            values[name] = mine if mine is not None else theirs if theirs is not None else fallback
+        return replace(self, **values)
 
     def count(self, total: int, source_fps: float) -> int:
         """Sampled frames for a file of ``total`` frames at ``source_fps`` (transformers' fps rule)."""
