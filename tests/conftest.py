@@ -24,6 +24,13 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def skip_outside_ci(reason: str) -> None:
+    """Skip for something a developer's clone may lack (../shared, an optional extra); in CI it is a failure."""
+    if in_ci():
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """The headless browser of the HTML test: required in CI, where ``make test`` installs it; skipped elsewhere.

@@ -9,13 +9,11 @@ engine stops on after it.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import json
 import logging
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,25 +21,21 @@ from typing import Any
 import numpy as np
 import pytest
 import transformers
-from conftest import SHARED_TEMPLATES, in_ci
+from conftest import SHARED_TEMPLATES, skip_outside_ci
 from omegaconf import OmegaConf
+from test_conformance import DATE, pinned_clock, trained_runs  # the conformance oracle's own helpers
 from transformers import AutoProcessor, AutoTokenizer, GenerationConfig
-from transformers.utils import chat_template_utils
 from typer.testing import CliRunner
 
 from vlmtrain.families import FamilyError, lookup
 from vlmtrain.mask import MaskedRenderer
 
 LLAMA_CPP = SHARED_TEMPLATES / "llama.cpp"
-DATE = dt.datetime(2025, 3, 14)
 
 
 def _need_shared() -> None:
-    if LLAMA_CPP.is_dir():
-        return
-    if in_ci():
-        pytest.fail(f"{LLAMA_CPP} is missing; CI must check out ../shared")
-    pytest.skip(f"{LLAMA_CPP} is absent (the shared templates folder next to this repository)")
+    if not LLAMA_CPP.is_dir():
+        skip_outside_ci(f"{LLAMA_CPP} is absent (the shared templates folder next to this repository)")
 
 
 @dataclass(frozen=True)
@@ -120,22 +114,6 @@ def _cfg(**over: Any) -> Any:
                              "role_boundaries": [], **over})
 
 
-class _Pinned(dt.datetime):
-    @classmethod
-    def now(cls, tz: Any = None) -> dt.datetime:  # noqa: D102
-        return DATE
-
-
-@contextlib.contextmanager
-def pinned_clock() -> Iterator[None]:
-    original = chat_template_utils.datetime
-    chat_template_utils.datetime = _Pinned
-    try:
-        yield
-    finally:
-        chat_template_utils.datetime = original
-
-
 def model_type(path: Path) -> str:
     return json.loads((path / "config.json").read_text())["model_type"]
 
@@ -145,31 +123,13 @@ def renderer_for(path: Path, **cfg: Any) -> MaskedRenderer:
     return MaskedRenderer(tokenizer, model_type(path), _cfg(**cfg), template_date=DATE.date().isoformat())
 
 
-def trained_runs(tokenizer: Any, ids: np.ndarray, mask: np.ndarray) -> list[str]:
-    """Each contiguous run of trained tokens, decoded in context."""
-    def text(n: int) -> str:
-        return tokenizer.decode(ids[:n].tolist(), clean_up_tokenization_spaces=False)
-
-    runs, i = [], 0
-    while i < len(ids):
-        if not mask[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(ids) and mask[j]:
-            j += 1
-        runs.append(text(j)[len(text(i)):])
-        i = j
-    return runs
-
-
 def expected_runs(tokenizer: Any, path: Path, messages: list[dict]) -> tuple[list[str], bool]:
     """Per assistant turn: from the end of the generation prompt to the first engine stop after it, inclusive.
     A final answer the template leaves without a stop gets the stop the template writes after earlier answers
     (else the eos) appended; the flag says so."""
     eos = GenerationConfig.from_pretrained(path).eos_token_id
     stops = tokenizer.convert_ids_to_tokens([eos] if isinstance(eos, int) else list(eos))
-    with pinned_clock():
+    with pinned_clock(DATE):
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         runs, written, open_final = [], [], False
         for k, m in enumerate(messages):
@@ -208,7 +168,7 @@ def test_derived_family_conforms_to_the_real_template(vendor_dir, vendor: str, c
     tokenizer, messages = renderer.chat.tokenizer, CONVS[conv]
     assert renderer.derivation is not None and not renderer.family.family.verified
     row = renderer.render(messages)
-    with pinned_clock():
+    with pinned_clock(DATE):
         reference = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     want, open_final = expected_runs(tokenizer, path, messages)
     ids = row.input_ids.tolist()

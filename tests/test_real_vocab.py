@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import test_conformance as conf
-from conftest import SHARED_TEMPLATES, media_of
+from conftest import SHARED_TEMPLATES, media_of, skip_outside_ci
 
 from vlmtrain.families import lookup
 from vlmtrain.tiny.build import write_build
@@ -123,7 +123,8 @@ def real_vocab() -> Callable[[str], Any]:
     """``real_vocab(name)``: the restored backend of one GGUF vocabulary, converted once and checked against
     llama.cpp's test vectors (every vector must match)."""
     if not VOCAB_DIR.is_dir():  # the GGUF files are local test data (../shared), not shipped with vlmtrain
-        pytest.skip(f"no real vocabularies at {VOCAB_DIR} (../shared/vocab): real-vocabulary conformance skipped")
+        skip_outside_ci(f"no real vocabularies at {VOCAB_DIR} (../shared/vocab): real-vocabulary conformance "
+                        "skipped")
     cache: dict[str, Any] = {}
 
     def get(name: str) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import skip_outside_ci
 
 from vlmtrain.config import load_config
 from vlmtrain.tiny import make_shapes_dataset
@@ -35,8 +36,8 @@ DISTRIBUTED_TYPE = {"zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp2": "FSDP"}
 
 def _need_deepspeed(engine: str) -> None:
     """Skip only on a developer machine without the optional extra; in CI (`make test` installs it) never."""
-    if engine.startswith("zero") and importlib.util.find_spec("deepspeed") is None and not os.environ.get("CI"):
-        pytest.skip("DeepSpeed is not installed (pip install -e '.[dev]' or '.[deepspeed]')")
+    if engine.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
+        skip_outside_ci("DeepSpeed is not installed (pip install -e '.[dev]' or '.[deepspeed]')")
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +214,8 @@ def test_sharding_settings_that_would_fail_silently_are_refused(training, messag
 
 
 def test_zero3_without_gather_on_save_is_refused(tmp_path):
-    if importlib.util.find_spec("deepspeed") is None and not os.environ.get("CI"):
-        pytest.skip("DeepSpeed is not installed")
+    if importlib.util.find_spec("deepspeed") is None:
+        skip_outside_ci("DeepSpeed is not installed (pip install -e '.[dev]' or '.[deepspeed]')")
     config = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
     assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import skip_outside_ci
 from PIL import Image, ImageDraw
 from transformers import (
     AutoConfig,
@@ -45,7 +46,7 @@ def _skip_reason(family: str) -> str | None:
 @pytest.fixture(params=TINY_FAMILIES)
 def family(request: pytest.FixtureRequest) -> str:
     if reason := _skip_reason(request.param):
-        pytest.skip(reason)
+        skip_outside_ci(reason)
     return request.param
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ def drop_nulls(value: Any) -> Any:
         return [drop_nulls(v) for v in value]
     return value
 
+
+log = logging.getLogger(__name__)
 
 PARTS, STRING = "parts", "string"
 _PROBE = "zqxprobe"
@@ -46,6 +49,7 @@ def probe_content_forms(render: Callable[[list[dict]], str], prefer: str) -> dic
     """
     other = STRING if prefer == PARTS else PARTS
     forms: dict[str, str] = {}
+    undecided: list[str] = []
     for role in _PROBES:
         if _shows_text_once(render, role, prefer):
             forms[role] = prefer
@@ -53,6 +57,11 @@ def probe_content_forms(render: Callable[[list[dict]], str], prefer: str) -> dic
             forms[role] = other
         else:
             forms[role] = prefer
+            if role != "tool":  # many templates take no tool messages at all; that is no finding
+                undecided.append(role)
+    if undecided:
+        log.warning("the chat template shows no probe text exactly once for role(s) %s in either content form; "
+                    "they are rendered as %s: check them with `vlmtrain inspect-mask`", undecided, prefer)
     return forms
 
 

@@ -132,6 +132,22 @@ _QWEN3_5_TEXT = _text(
 _QWEN_VL_PROC = dict(image=("Qwen2VLImageProcessor", _QWEN_IMG), video=("Qwen2VLVideoProcessor", _QWEN_IMG))
 
 
+_MISTRAL3_CONFIG = dict(  # Mistral 3.x: a Pixtral tower on a Mistral decoder, patches merged 2x2
+    text_config=dict(model_type="mistral", **_text()),
+    vision_config=_tower(model_type="pixtral", head_dim=16),
+    image_token_index=Tok("[IMG]"),
+    spatial_merge_size=2,
+    vision_feature_layer=-1,
+)
+
+
+def _pixtral_processor(merge: int) -> ProcessorSpec:
+    """Pixtral's processor on 32 px images in 8 px patches, ``merge`` x ``merge`` patches per image token."""
+    return ProcessorSpec("PixtralProcessor",
+                         ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
+                         kwargs={"patch_size": 8, "spatial_merge_size": merge})
+
+
 # --- the table -----------------------------------------------------------------------------------
 
 _TABLE = (
@@ -339,18 +355,7 @@ _TABLE = (
             special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]",
                      "[IMG_END]"),
         ),
-        "Mistral3Config",
-        dict(
-            text_config=dict(model_type="mistral", **_text()),
-            vision_config=_tower(model_type="pixtral", head_dim=16),
-            image_token_index=Tok("[IMG]"),
-            spatial_merge_size=2,
-            vision_feature_layer=-1,
-        ),
-        ProcessorSpec(
-            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
-            kwargs={"patch_size": 8, "spatial_merge_size": 2},
-        ),
+        "Mistral3Config", _MISTRAL3_CONFIG, _pixtral_processor(merge=2),
         # Mistral-Small-3.1's alternation check never fires: it builds the checked list inside a loop scope.
         traits=TemplateTraits(),
     ),
@@ -459,10 +464,7 @@ _TABLE = (
             vision_feature_layer=-1,
             vision_feature_select_strategy="full",
         ),
-        ProcessorSpec(
-            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
-            kwargs={"patch_size": 8, "spatial_merge_size": 1},
-        ),
+        _pixtral_processor(merge=1),
         traits=TemplateTraits(
             system="str", assistant="str", refuses={"alternation": "must alternate"},
             unsupported={"system_multi": "the system prompt is written only before the last user turn: a "
@@ -478,18 +480,7 @@ _TABLE = (
                      "[IMG_END]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]",
                      "[/TOOL_RESULTS]", "[CALL_ID]", "[ARGS]", "[TOOL_CONTENT]"),
         ),
-        "Mistral3Config",
-        dict(
-            text_config=dict(model_type="mistral", **_text()),
-            vision_config=_tower(model_type="pixtral", head_dim=16),
-            image_token_index=Tok("[IMG]"),
-            spatial_merge_size=2,
-            vision_feature_layer=-1,
-        ),
-        ProcessorSpec(
-            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
-            kwargs={"patch_size": 8, "spatial_merge_size": 2},
-        ),
+        "Mistral3Config", _MISTRAL3_CONFIG, _pixtral_processor(merge=2),
         traits=TemplateTraits(refuses={"alternation": "must alternate"}),
         architecture="mistral3",
     ),
@@ -501,18 +492,7 @@ _TABLE = (
                      "[IMG_END]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[TOOL_RESULTS]",
                      "[/TOOL_RESULTS]", "[ARGS]", "[THINK]", "[/THINK]"),
         ),
-        "Mistral3Config",
-        dict(
-            text_config=dict(model_type="mistral", **_text()),
-            vision_config=_tower(model_type="pixtral", head_dim=16),
-            image_token_index=Tok("[IMG]"),
-            spatial_merge_size=2,
-            vision_feature_layer=-1,
-        ),
-        ProcessorSpec(
-            "PixtralProcessor", ("PixtralImageProcessor", {"size": {"longest_edge": 32}, "patch_size": 8}),
-            kwargs={"patch_size": 8, "spatial_merge_size": 2},
-        ),
+        "Mistral3Config", _MISTRAL3_CONFIG, _pixtral_processor(merge=2),
         traits=TemplateTraits(tools=True, refuses={"alternation": "must alternate"}),
         architecture="mistral3",
     ),
